@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     dead_letter_stream: str = Field(
         "casesync:dead-letter", description="Stream of events that could not be applied."
     )
+    results_max_length: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Approximate length past which the oldest outcome events are trimmed "
+        "(the dead-letter stream is never trimmed).",
+    )
     consumer_group: str = Field(
         "casesync", description="Consumer group of the workers on the events stream."
     )

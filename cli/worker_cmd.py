@@ -1,0 +1,39 @@
+"""``casesync worker``: one complete node, a Celery worker that also reads the events stream."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from settings import SettingsError, load_settings
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="run a worker (extra options go to celery worker, e.g. --loglevel=INFO)",
+    )
+    parser.set_defaults(run=run, accepts_extra=True)
+
+
+def celery_worker_argv(extra: list[str]) -> list[str]:
+    """The ``celery worker`` arguments of a casesync worker; options given win over settings."""
+    settings = load_settings()
+    if settings.thalamus_url is None:
+        raise SettingsError("invalid setting CASESYNC_THALAMUS_URL: required by the worker")
+    argv = ["worker", "--queues", settings.task_queue, "--task-events"]
+    if not any(arg.startswith(("--pool", "-P")) for arg in extra):
+        argv += ["--pool", settings.pool]
+    if not any(arg.startswith(("--concurrency", "-c")) for arg in extra):
+        argv += ["--concurrency", str(settings.concurrency)]
+    if not any(arg.startswith(("--loglevel", "-l")) for arg in extra):
+        argv += ["--loglevel", settings.log_level]
+    return argv + extra
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = celery_worker_argv(list(args.extra))
+    from tasks import app
+
+    app.worker_main(argv)
+    return 0

@@ -1,0 +1,93 @@
+"""Runs the stream intake inside every Celery worker, so each worker is one complete node.
+
+A worker bootstep: started with the worker (``casesync worker`` or ``celery -A tasks worker``),
+in the worker's main process whatever the pool, and stopped before the pool, so no entry is read
+that the worker cannot hand on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from celery import bootsteps
+
+from consumers.intake import Accepted, Intake, IntakeConfig
+from settings import Settings, load_settings
+from tasks.outcomes import Streams
+
+log = logging.getLogger("casesync.intake")
+
+
+def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
+    from tasks.runtime import limits_of
+
+    return IntakeConfig(
+        stream=settings.events_stream,
+        group=settings.consumer_group,
+        consumer=consumer,
+        queue=settings.task_queue,
+        batch=settings.intake_batch,
+        backlog=settings.effective_backlog,
+        max_deliveries=settings.max_deliveries,
+        claim_idle=settings.claim_idle,
+        limits=limits_of(settings),
+    )
+
+
+def enqueue_tasks(accepted: Sequence[Accepted]) -> None:
+    """Publish one update task per event, over one producer."""
+    from tasks import app
+    from tasks.update_case import update_case
+
+    with app.producer_or_acquire() as producer:
+        for item in accepted:
+            update_case.apply_async(
+                kwargs={
+                    "event": item.raw,
+                    "entry_id": item.entry_id,
+                    "case_id": item.event.case_id,
+                    "event_id": item.event.id,
+                },
+                producer=producer,
+            )
+
+
+class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Starts one intake thread per worker."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._intake: Intake | None = None
+
+    def start(self, worker: Any) -> None:
+        from tasks.runtime import redis_client
+
+        settings = load_settings()
+        consumer = f"{socket.gethostname()}:{os.getpid()}"
+        self._intake = Intake(
+            redis_client(settings),
+            intake_config(settings, consumer),
+            Streams.from_settings(settings),
+            enqueue_tasks,
+        )
+        self._thread = threading.Thread(
+            target=self._intake.run, args=(self._stop,), name="casesync-intake", daemon=True
+        )
+        self._thread.start()
+        log.info("intake started as consumer %s on %s", consumer, settings.events_stream)
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        if self._intake is not None:
+            self._intake.leave()

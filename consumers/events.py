@@ -1,0 +1,199 @@
+"""Incoming case-change events: parse and validate a stream entry (contract §2).
+
+Pure code: a stream entry's fields go in, a :class:`CaseChangeEvent` or an :class:`InvalidEvent`
+(with the dead-letter reason and a detail a person can act on) comes out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from thalamus.models import CaseUpdate
+
+EVENT_TYPE = "thalamus.case.update"
+EVENT_FIELD = "event"
+
+INVALID_EVENT = "invalidEvent"
+CODE_REQUIRED = "CodeRequired"
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one event may hold; a breach is dead-lettered naming the limit."""
+
+    max_event_bytes: int = 256 * 1024
+    max_comments: int = 100
+    max_case_data_fields: int = 200
+
+
+class InvalidEvent(Exception):
+    """An entry that can never be applied; ``reason`` is its dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str, *, raw: str, partial: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.raw = raw
+        #: What could be read of the event (id, source, subject), for the outcome event.
+        self.partial = partial
+
+
+class CaseChange(CaseUpdate):
+    """``data`` of an event: the update-case body plus the case id; caseData may be partial."""
+
+    caseInstanceId: StrictInt = Field(gt=0)
+
+    def update(self) -> CaseUpdate:
+        return CaseUpdate.model_validate(self.model_dump(exclude={"caseInstanceId"}))
+
+
+class CaseChangeEvent(BaseModel):
+    """A CloudEvents 1.0 event of type ``thalamus.case.update`` (structured mode)."""
+
+    # Extension attributes are allowed by CloudEvents; they are kept and ignored.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: Text
+    source: Text
+    type: Literal["thalamus.case.update"]
+    time: AwareDatetime
+    subject: str | None = None
+    datacontenttype: str | None = None
+    replyto: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    data: CaseChange
+
+    @model_validator(mode="after")
+    def _subject_names_the_case(self) -> CaseChangeEvent:
+        if self.subject is not None and self.subject != str(self.data.caseInstanceId):
+            raise ValueError(
+                f"subject {self.subject!r} differs from data.caseInstanceId "
+                f"{self.data.caseInstanceId}"
+            )
+        return self
+
+    @property
+    def case_id(self) -> int:
+        return self.data.caseInstanceId
+
+
+def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChangeEvent:
+    """The event of a stream entry, or :class:`InvalidEvent` saying why it cannot be applied."""
+    raw = fields.get(EVENT_FIELD)
+    if raw is None:
+        found = ", ".join(sorted(fields)) or "none"
+        raise InvalidEvent(
+            INVALID_EVENT,
+            f"the entry has no '{EVENT_FIELD}' field (fields: {found[:200]})",
+            raw=json.dumps(fields)[: limits.max_event_bytes],
+            partial={},
+        )
+    return parse_event(raw, limits)
+
+
+def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
+    """Validate one event's JSON text against contract §2 and the limits."""
+    size = len(raw.encode("utf-8", errors="replace"))
+    if size > limits.max_event_bytes:
+        raise InvalidEvent(
+            INVALID_EVENT,
+            f"the event is {size} bytes, over the limit of {limits.max_event_bytes} "
+            "(CASESYNC_MAX_EVENT_BYTES)",
+            raw=raw,
+            partial={},
+        )
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidEvent(
+            INVALID_EVENT, f"the event is not JSON: {exc}", raw=raw, partial={}
+        ) from None
+    if not isinstance(document, dict):
+        raise InvalidEvent(
+            INVALID_EVENT,
+            f"the event is a JSON {type(document).__name__}, not an object",
+            raw=raw,
+            partial={},
+        )
+    partial = _identity(document)
+    _check_limits(document, limits, raw, partial)
+    try:
+        return CaseChangeEvent.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidEvent(_reason(exc), _describe(exc), raw=raw, partial=partial) from None
+
+
+def identity(raw: str) -> dict[str, Any]:
+    """What can be read of an event's identity from its JSON text, however broken."""
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return {}
+    return _identity(document) if isinstance(document, dict) else {}
+
+
+def _identity(document: dict[str, Any]) -> dict[str, Any]:
+    """What can be read of an event's identity, even from an invalid one."""
+    data = document.get("data")
+    case_id = data.get("caseInstanceId") if isinstance(data, dict) else None
+    return {
+        "id": document.get("id") if isinstance(document.get("id"), str) else None,
+        "source": document.get("source") if isinstance(document.get("source"), str) else None,
+        "caseInstanceId": case_id if type(case_id) is int else None,
+        "replyto": document.get("replyto") if isinstance(document.get("replyto"), str) else None,
+    }
+
+
+def _check_limits(
+    document: dict[str, Any], limits: Limits, raw: str, partial: dict[str, Any]
+) -> None:
+    data = document.get("data")
+    if not isinstance(data, dict):
+        return
+    for key, limit, variable in (
+        ("comments", limits.max_comments, "CASESYNC_MAX_COMMENTS"),
+        ("caseData", limits.max_case_data_fields, "CASESYNC_MAX_CASE_DATA_FIELDS"),
+    ):
+        value = data.get(key)
+        if isinstance(value, (list, dict)) and len(value) > limit:
+            raise InvalidEvent(
+                INVALID_EVENT,
+                f"data.{key} has {len(value)} entries, over the limit of {limit} ({variable})",
+                raw=raw,
+                partial=partial,
+            )
+
+
+def _reason(exc: ValidationError) -> str:
+    """``CodeRequired`` when a category or type code is missing or empty, else ``invalidEvent``."""
+    for error in exc.errors():
+        names_a_code = error["loc"] in (("data", "categoryCode"), ("data", "typeCode"))
+        if names_a_code and error["type"] in ("missing", "string_too_short"):
+            return CODE_REQUIRED
+    return INVALID_EVENT
+
+
+def _describe(exc: ValidationError, most: int = 5) -> str:
+    parts = []
+    for error in exc.errors()[:most]:
+        where = ".".join(str(part) for part in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - most
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)

@@ -1,0 +1,233 @@
+"""Intake: events stream -> update tasks, through a consumer group.
+
+Each worker runs one :class:`Intake`. It reads only as many entries as the task queue has room
+for, turns each valid entry into one task, dead-letters an invalid one at once, and acknowledges
+an entry only after its task is safely enqueued or its dead letter written. Entries left pending
+by a consumer that died are claimed by the others; one delivered too often is a poison event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from consumers.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
+from tasks import outcomes
+from tasks.outcomes import DeadLetterRecord, Outcome, Streams
+
+log = logging.getLogger("casesync.intake")
+
+POISON_EVENT = "poisonEvent"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A valid entry, ready to become a task."""
+
+    entry_id: str
+    raw: str
+    event: CaseChangeEvent
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    stream: str
+    group: str
+    consumer: str
+    queue: str
+    batch: int = 100
+    backlog: int = 64
+    block_ms: int = 1000
+    max_deliveries: int = 5
+    claim_idle: float = 60.0
+    limits: Limits = field(default_factory=Limits)
+
+
+Enqueue = Callable[[Sequence[Accepted]], None]
+
+
+class Intake:
+    """Moves entries from the events stream to the task queue for one consumer."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: IntakeConfig,
+        streams: Streams,
+        enqueue: Enqueue,
+        *,
+        paused: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._config = config
+        self._streams = streams
+        self._enqueue = enqueue
+        self._paused = paused
+        self._clock = clock
+        # After a start or an error, this consumer's own pending entries are read first.
+        self._own_pending_first = True
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist."""
+        try:
+            self._redis.xgroup_create(
+                self._config.stream, self._config.group, id="0", mkstream=True
+            )
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def room(self) -> int:
+        """How many entries may be read now without overfilling the task queue."""
+        queued = int(self._redis.llen(self._config.queue))
+        return max(0, min(self._config.batch, self._config.backlog - queued))
+
+    def poll(self) -> int:
+        """Read and hand on one batch; the number of entries taken (0 when none or no room)."""
+        room = self.room()
+        if room == 0:
+            return 0
+        start = "0" if self._own_pending_first else ">"
+        block = None if self._own_pending_first else self._config.block_ms
+        reply: Any = self._redis.xreadgroup(
+            self._config.group,
+            self._config.consumer,
+            {self._config.stream: start},
+            count=room,
+            block=block,
+        )
+        entries = reply[0][1] if reply else []
+        if self._own_pending_first and len(entries) < room:
+            self._own_pending_first = False
+        return self.take(entries)
+
+    def take(self, entries: Sequence[tuple[str, dict[str, str] | None]]) -> int:
+        """Enqueue the valid entries, dead-letter the others, then acknowledge them all."""
+        if not entries:
+            return 0
+        accepted: list[Accepted] = []
+        invalid: list[tuple[str, InvalidEvent]] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending: nothing to apply
+                continue
+            try:
+                event = parse_entry(fields, self._config.limits)
+            except InvalidEvent as exc:
+                invalid.append((entry_id, exc))
+            else:
+                accepted.append(Accepted(entry_id, fields["event"], event))
+        if accepted:
+            self._enqueue(accepted)
+        now = self._clock()
+        pipe = self._redis.pipeline(transaction=True)
+        for entry_id, problem in invalid:
+            record = DeadLetterRecord(problem.raw, None, entry_id)
+            outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
+        pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
+        pipe.execute()
+        for entry_id, problem in invalid:
+            log.info("entry %s dead-lettered as %s: %s", entry_id, problem.reason, problem.detail)
+        return len(entries)
+
+    def reclaim(self) -> int:
+        """Claim entries idle on dead consumers; dead-letter those delivered too often."""
+        reply: Any = self._redis.xautoclaim(
+            self._config.stream,
+            self._config.group,
+            self._config.consumer,
+            min_idle_time=int(self._config.claim_idle * 1000),
+            start_id="0-0",
+            count=self._config.batch,
+        )
+        claimed: list[tuple[str, dict[str, str] | None]] = reply[1]
+        if not claimed:
+            return 0
+        deliveries = self._deliveries([entry_id for entry_id, _ in claimed])
+        poison = [e for e in claimed if deliveries.get(e[0], 0) > self._config.max_deliveries]
+        healthy = [e for e in claimed if deliveries.get(e[0], 0) <= self._config.max_deliveries]
+        self._dead_letter_poison(poison, deliveries)
+        return self.take(healthy) + len(poison)
+
+    def _deliveries(self, entry_ids: list[str]) -> dict[str, int]:
+        pending: Any = self._redis.xpending_range(
+            self._config.stream,
+            self._config.group,
+            min=entry_ids[0],
+            max=entry_ids[-1],
+            count=len(entry_ids) * 2,
+            consumername=self._config.consumer,
+        )
+        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
+
+    def _dead_letter_poison(
+        self, entries: list[tuple[str, dict[str, str] | None]], deliveries: dict[str, int]
+    ) -> None:
+        if not entries:
+            return
+        now = self._clock()
+        pipe = self._redis.pipeline(transaction=True)
+        for entry_id, fields in entries:
+            raw = (fields or {}).get("event", "")
+            detail = (
+                f"the entry was delivered {deliveries[entry_id]} times without being handed on "
+                f"(CASESYNC_MAX_DELIVERIES={self._config.max_deliveries}): it may crash workers"
+            )
+            outcome = _poison_outcome(raw, detail)
+            outcomes.add_dead_letter(
+                pipe, self._streams, outcome, DeadLetterRecord(raw, None, entry_id), now
+            )
+            pipe.xack(self._config.stream, self._config.group, entry_id)
+        pipe.execute()
+        log.warning("dead-lettered %d poison entries", len(entries))
+
+    def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
+        """Read until ``stop`` is set; Redis failures are logged and waited out, never fatal."""
+        next_claim = 0.0
+        failures = 0
+        while not stop.is_set():
+            try:
+                if self._paused():
+                    stop.wait(idle_wait * 10)
+                    continue
+                if self._clock() >= next_claim:
+                    self.ensure_group()
+                    self.reclaim()
+                    next_claim = self._clock() + self._config.claim_idle / 2
+                if self.poll() == 0:
+                    stop.wait(idle_wait)
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                self._own_pending_first = True
+                wait = min(10.0, 0.1 * 2**failures)
+                log.warning("intake: Redis error (%s); retrying in %.1f s", exc, wait)
+                stop.wait(wait)
+
+    def leave(self) -> None:
+        """Remove this consumer from the group if it holds no pending entries."""
+        try:
+            pending: Any = self._redis.xpending_range(
+                self._config.stream,
+                self._config.group,
+                min="-",
+                max="+",
+                count=1,
+                consumername=self._config.consumer,
+            )
+            if not pending:
+                self._redis.xgroup_delconsumer(
+                    self._config.stream, self._config.group, self._config.consumer
+                )
+        except redis.RedisError as exc:
+            log.warning("intake: could not leave the consumer group: %s", exc)
+
+
+def _poison_outcome(raw: str, detail: str) -> Outcome:
+    return outcomes.of_invalid(InvalidEvent(POISON_EVENT, detail, raw=raw, partial=identity(raw)))

@@ -1,0 +1,32 @@
+"""Names of casesync's own Redis keys, shared by intake, tasks and the operator commands.
+
+Streams and the consumer group are settings (contract §1); the keys below are casesync's private
+state. They all start with ``casesync:`` so an operator can find (and never collide with) them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "casesync"
+
+#: ``(source, id)`` of an event already applied or superseded -> its outcome type. TTL: ledger_ttl.
+LEDGER = f"{PREFIX}:ledger"
+#: One update in flight per case: holds the owner's token; expires if the owner dies.
+CASE_LOCK = f"{PREFIX}:lock:case"
+#: Newest change applied to a case, as an order key (see tasks.ordering); lives as the ledger.
+CASE_NEWEST = f"{PREFIX}:newest:case"
+#: Set before a PUT, deleted when its outcome is known: present at the start of an attempt means
+#: the previous attempt's result is unknown (worker killed, answer lost) and the case must be read.
+ATTEMPT_MARK = f"{PREFIX}:attempt"
+#: Deliveries of one event to an update task, to catch an event that keeps killing workers.
+DELIVERIES = f"{PREFIX}:deliveries"
+#: Field kinds learnt per case type: the set of caseData fields the API expects.
+TYPE_FIELDS = f"{PREFIX}:type-fields"
+
+
+def event_key(prefix: str, source: str, event_id: str) -> str:
+    """A per-event key; ``source`` and ``id`` are length-prefixed so no two pairs can collide."""
+    return f"{prefix}:{len(source)}:{source}:{event_id}"
+
+
+def case_key(prefix: str, case_id: int) -> str:
+    return f"{prefix}:{case_id}"

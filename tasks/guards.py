@@ -1,0 +1,144 @@
+"""The Redis state that makes each event's effect happen once and in order (contract §3).
+
+- the ledger: ``(source, id)`` of every event applied or superseded, so a duplicate is noticed;
+- the per-case lock: one update in flight per case across all workers, expiring if its holder dies;
+- the order key: the newest change applied to a case, so an older one is superseded;
+- the attempt mark: set when an attempt takes the lock and cleared once its outcome is written, so
+  a redelivered task knows its predecessor's result is unknown and reads the case before trying
+  again; it counts the attempts cut off by a dying worker, to catch a poison event.
+
+Taking the lock and reading the rest is one Lua script (one round trip); giving the lock back is
+queued into the outcome's MULTI so the outcome, the ledger and the order key change together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from settings import keys
+
+# KEYS: lock, ledger, newest, mark. ARGV: token, lock ttl ms, mark ttl s.
+# Returns nil when another holder has the lock. Else marks the attempt, counting one more death in
+# case this holder dies before its outcome is written, and returns {ledger, newest, earlier mark}.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+local mark = redis.call('GET', KEYS[4])
+redis.call('SET', KEYS[4], (tonumber(mark) or 0) + 1, 'EX', ARGV[3])
+return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '', mark or ''}
+"""
+
+# KEYS: lock, newest. ARGV: token, order key ('' to leave it), ttl seconds of the order key.
+# Advances the order key only forwards, then drops the lock if this holder still has it.
+_RELEASE = """
+if ARGV[2] ~= '' then
+  local current = redis.call('GET', KEYS[2])
+  if (not current) or current < ARGV[2] then
+    redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def order_key(time: dt.datetime, entry_id: str) -> str:
+    """Sortable text of (event time, stream position): the newer change has the greater key."""
+    micros = int(time.timestamp() * 1_000_000)
+    millis, _, seq = entry_id.partition("-")
+    return f"{micros:020d}-{int(millis or 0):015d}-{int(seq or 0):010d}"
+
+
+@dataclass(frozen=True)
+class EventKeys:
+    lock: str
+    ledger: str
+    newest: str
+    mark: str
+
+    @classmethod
+    def of(cls, source: str, event_id: str, case_id: int) -> EventKeys:
+        return cls(
+            lock=keys.case_key(keys.CASE_LOCK, case_id),
+            ledger=keys.event_key(keys.LEDGER, source, event_id),
+            newest=keys.case_key(keys.CASE_NEWEST, case_id),
+            mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
+        )
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the lock holder learnt when it took the lock."""
+
+    token: str
+    ledger: str  # '' when the event was never applied
+    newest: str  # '' when no change of the case is recorded
+    #: '' when no earlier attempt left its result unknown; else how many of them died mid-PUT.
+    mark: str
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return self.mark != ""
+
+    @property
+    def deaths(self) -> int:
+        return int(self.mark) if self.mark.isdigit() else 0
+
+
+class Guards:
+    """Lock, ledger, order key and attempt mark, over one Redis client."""
+
+    def __init__(self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float) -> None:
+        self._redis = client
+        self._lock_ttl_ms = int(lock_ttl * 1000)
+        self._ledger_ttl = int(ledger_ttl)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self, ek: EventKeys, token: str) -> Held | None:
+        """Take the case's lock and read the event's state; None when another worker has it."""
+        reply: Any = self._acquire(
+            keys=[ek.lock, ek.ledger, ek.newest, ek.mark],
+            args=[token, self._lock_ttl_ms, self._ledger_ttl],
+        )
+        if not reply:
+            return None
+        ledger, newest, mark = (_text(item) for item in reply)
+        return Held(token=token, ledger=ledger, newest=newest, mark=mark)
+
+    def add_finish(
+        self,
+        pipe: Pipeline,
+        ek: EventKeys,
+        token: str,
+        *,
+        ledger_value: str | None = None,
+        newest: str = "",
+        unknown_after: int | None = None,
+    ) -> None:
+        """Queue the end of an attempt into the outcome's MULTI: ledger, order key, mark, lock.
+
+        ``unknown_after`` keeps the mark (with that many deaths) when the PUT's answer was lost,
+        so the next attempt reads the case first; otherwise the mark is cleared.
+        """
+        if ledger_value is not None:
+            pipe.set(ek.ledger, ledger_value, ex=self._ledger_ttl)
+        if unknown_after is None:
+            pipe.delete(ek.mark)
+        else:
+            pipe.set(ek.mark, str(unknown_after), ex=self._ledger_ttl)
+        self._release(
+            keys=[ek.lock, ek.newest], args=[token, newest, self._ledger_ttl], client=pipe
+        )
+
+
+def _text(item: Any) -> str:
+    return item.decode() if isinstance(item, bytes) else str(item)

@@ -1,0 +1,166 @@
+"""Outcome events (contract §4) and dead letters (contract §5), written to Redis.
+
+Each writer only adds commands to a pipeline; the caller runs it as one MULTI/EXEC together with
+whatever else must happen atomically (acknowledging the entry, the ledger, the order key), so an
+outcome is never half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.client import Pipeline
+
+from consumers.events import InvalidEvent
+from settings import Settings
+
+APPLIED = "casesync.update.applied"
+SUPERSEDED = "casesync.update.superseded"
+DUPLICATE = "casesync.update.duplicate"
+DEADLETTERED = "casesync.update.deadlettered"
+OUTCOME_TYPES = (APPLIED, SUPERSEDED, DUPLICATE, DEADLETTERED)
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Where outcomes go."""
+
+    results: str
+    dead_letter: str
+    results_max_length: int
+    source: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Streams:
+        return cls(
+            results=settings.results_stream,
+            dead_letter=settings.dead_letter_stream,
+            results_max_length=settings.results_max_length,
+            source=settings.outcome_source,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one event ended."""
+
+    type: str
+    request_id: str | None
+    request_source: str | None
+    case_id: int | None
+    attempts: int
+    replyto: str | None = None
+    http_status: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+    errors: dict[str, Any] | None = None
+    case: dict[str, Any] | None = None
+
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "requestId": self.request_id,
+            "requestSource": self.request_source,
+            "caseInstanceId": self.case_id,
+            "attempts": self.attempts,
+        }
+        optional = {
+            "httpStatus": self.http_status,
+            "reason": self.reason,
+            "detail": self.detail,
+            "errors": self.errors,
+            "case": self.case,
+        }
+        data.update({key: value for key, value in optional.items() if value is not None})
+        return data
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """What the dead-letter stream keeps of an event besides its original JSON."""
+
+    raw_event: str
+    first_attempt_at: float | None
+    entry_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def of_invalid(invalid: InvalidEvent, attempts: int = 0) -> Outcome:
+    """The dead-letter outcome of an event that failed validation, naming what could be read."""
+    return Outcome(
+        type=DEADLETTERED,
+        request_id=invalid.partial.get("id"),
+        request_source=invalid.partial.get("source"),
+        case_id=invalid.partial.get("caseInstanceId"),
+        attempts=attempts,
+        replyto=invalid.partial.get("replyto"),
+        reason=invalid.reason,
+        detail=invalid.detail,
+    )
+
+
+def outcome_event(outcome: Outcome, source: str, now: float) -> dict[str, Any]:
+    """The CloudEvents 1.0 outcome event."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": source,
+        "type": outcome.type,
+        "time": iso_time(now),
+        "datacontenttype": "application/json",
+        "data": outcome.data(),
+    }
+    if outcome.case_id is not None:
+        event["subject"] = str(outcome.case_id)
+    return event
+
+
+def add_outcome(pipe: Pipeline, streams: Streams, outcome: Outcome, now: float) -> None:
+    """Queue the outcome event on the results stream and, if the event named one, on ``replyto``."""
+    payload = json.dumps(outcome_event(outcome, streams.source, now), separators=(",", ":"))
+    pipe.xadd(
+        streams.results,
+        {"event": payload},
+        maxlen=streams.results_max_length,
+        approximate=True,
+    )
+    if outcome.replyto:
+        pipe.xadd(
+            outcome.replyto,
+            {"event": payload},
+            maxlen=streams.results_max_length,
+            approximate=True,
+        )
+
+
+def add_dead_letter(
+    pipe: Pipeline, streams: Streams, outcome: Outcome, record: DeadLetterRecord, now: float
+) -> None:
+    """Queue the dead letter and its ``deadlettered`` outcome event."""
+    fields = {
+        "event": record.raw_event,
+        "reason": outcome.reason or "unknown",
+        "detail": outcome.detail or "",
+        "attempts": str(outcome.attempts),
+        "httpStatus": "" if outcome.http_status is None else str(outcome.http_status),
+        "errors": json.dumps(outcome.errors or {}),
+        "firstAttemptAt": ""
+        if record.first_attempt_at is None
+        else iso_time(record.first_attempt_at),
+        "deadLetteredAt": iso_time(now),
+        "requestId": outcome.request_id or "",
+        "requestSource": outcome.request_source or "",
+        "caseInstanceId": "" if outcome.case_id is None else str(outcome.case_id),
+        "entryId": record.entry_id or "",
+        **record.extra,
+    }
+    pipe.xadd(streams.dead_letter, fields)  # type: ignore[arg-type]
+    add_outcome(pipe, streams, outcome, now)
+
+
+def iso_time(moment: float) -> str:
+    stamp = dt.datetime.fromtimestamp(moment, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,117 @@
+"""The composition root of a worker process: settings, Redis and HTTP clients, the applier.
+
+Built on first use in each process (a prefork child builds its own after the fork), reused by
+every task of the process, closed at shut-down. Nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import httpx
+import redis
+
+from consumers.events import Limits
+from settings import Settings, SettingsError, load_settings
+from tasks.apply import EventApplier
+from tasks.guards import Guards
+from tasks.outcomes import Streams
+from tasks.retry_policy import RetryPolicy
+from thalamus.client import ThalamusClient, build_http_client
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    http: httpx.Client
+    thalamus: ThalamusClient
+    applier: EventApplier
+
+    def close(self) -> None:
+        self.http.close()
+        self.redis.close()
+
+
+def redis_client(settings: Settings, *, max_connections: int | None = None) -> redis.Redis:
+    """A Redis client for casesync's own commands, with every call bounded by a time-out."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+        max_connections=max_connections,
+    )
+
+
+def thalamus_client(settings: Settings, http: httpx.Client) -> ThalamusClient:
+    return ThalamusClient(
+        http,
+        touchpoint=settings.thalamus_touchpoint,
+        token=settings.thalamus_token,
+        principal=settings.thalamus_principal,
+        password=settings.thalamus_password,
+    )
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        max_event_bytes=settings.max_event_bytes,
+        max_comments=settings.max_comments,
+        max_case_data_fields=settings.max_case_data_fields,
+    )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    if settings.thalamus_url is None:
+        raise SettingsError("invalid setting CASESYNC_THALAMUS_URL: required by the worker")
+    connections = settings.concurrency + 8
+    client = redis_client(settings, max_connections=connections)
+    http = build_http_client(
+        str(settings.thalamus_url),
+        connect=settings.connect_timeout,
+        read=settings.read_timeout,
+        write=settings.write_timeout,
+        pool=settings.pool_timeout,
+        max_connections=connections,
+    )
+    thalamus = thalamus_client(settings, http)
+    applier = EventApplier(
+        redis_client=client,
+        thalamus=thalamus,
+        guards=Guards(client, lock_ttl=settings.case_lock_ttl, ledger_ttl=settings.ledger_ttl),
+        streams=Streams.from_settings(settings),
+        policy=RetryPolicy(
+            max_attempts=settings.max_attempts,
+            max_age=settings.max_event_age,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+        ),
+        limits=limits_of(settings),
+        max_deliveries=settings.max_deliveries,
+    )
+    return Runtime(settings, client, http, thalamus, applier)
+
+
+_lock = threading.Lock()
+_current: tuple[int, Runtime] | None = None
+
+
+def current_runtime() -> Runtime:
+    """This process's runtime, built on first use."""
+    global _current
+    with _lock:
+        if _current is None or _current[0] != os.getpid():
+            _current = (os.getpid(), build_runtime(load_settings()))
+        return _current[1]
+
+
+def close_runtime() -> None:
+    global _current
+    with _lock:
+        if _current is not None and _current[0] == os.getpid():
+            _current[1].close()
+        _current = None
