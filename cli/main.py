@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import config_cmd, publish_cmd, simulator_cmd, worker_cmd
+from cli import config_cmd, demo_cmd, publish_cmd, simulator_cmd, worker_cmd
 from settings import SettingsError
 
-COMMANDS = (config_cmd, worker_cmd, publish_cmd, simulator_cmd)
+COMMANDS = (config_cmd, worker_cmd, publish_cmd, demo_cmd, simulator_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,11 +14,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from celery import bootsteps
 
 from consumers.intake import Accepted, Intake, IntakeConfig
 from settings import Settings, load_settings
 from tasks.outcomes import Streams
+from thalamus.client import build_http_client
 
 log = logging.getLogger("casesync.intake")
 
@@ -67,17 +69,34 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._intake: Intake | None = None
+        self._http: httpx.Client | None = None
 
     def start(self, worker: Any) -> None:
-        from tasks.runtime import redis_client
+        from tasks.runtime import breaker_of, redis_client, thalamus_client
 
         settings = load_settings()
         consumer = f"{socket.gethostname()}:{os.getpid()}"
+        client = redis_client(settings)
+        breaker = breaker_of(settings, client)
+        assert settings.thalamus_url is not None  # checked when the worker started
+        self._http = build_http_client(
+            str(settings.thalamus_url),
+            connect=settings.connect_timeout,
+            read=min(settings.read_timeout, settings.breaker_probe_interval * 2),
+            max_connections=1,
+        )
+        prober = thalamus_client(settings, self._http)
+
+        def paused() -> bool:
+            # While the breaker is open, read nothing; probe (one worker at a time) instead.
+            return not breaker.probe(prober.is_alive)
+
         self._intake = Intake(
-            redis_client(settings),
+            client,
             intake_config(settings, consumer),
             Streams.from_settings(settings),
             enqueue_tasks,
+            paused=paused,
         )
         self._thread = threading.Thread(
             target=self._intake.run, args=(self._stop,), name="casesync-intake", daemon=True
@@ -91,3 +110,5 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self._thread.join(timeout=15)
         if self._intake is not None:
             self._intake.leave()
+        if self._http is not None:
+            self._http.close()

@@ -30,3 +30,16 @@ def event_key(prefix: str, source: str, event_id: str) -> str:
 
 def case_key(prefix: str, case_id: int) -> str:
     return f"{prefix}:{case_id}"
+
+
+#: The shared schedule of the request-rate cap (the next free call slot, in ms).
+RATE_SCHEDULE = f"{PREFIX}:rate:schedule"
+#: Until when (epoch ms) every worker holds its calls, after a ``Retry-After`` from Thalamus.
+PAUSE_UNTIL = f"{PREFIX}:rate:pause-until"
+#: Present while the circuit breaker is open; holds the reason.
+BREAKER_OPEN = f"{PREFIX}:breaker:open"
+#: Held by the one worker probing Thalamus while the breaker is open.
+BREAKER_PROBE = f"{PREFIX}:breaker:probe"
+#: The Thalamus session cookie shared by all workers, and the lock of the one login renewing it.
+SESSION = f"{PREFIX}:session"
+SESSION_LOGIN = f"{PREFIX}:session:login"

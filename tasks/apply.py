@@ -8,6 +8,7 @@ client, clock) are passed in, so a test drives it with fakeredis and ``httpx.Moc
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -18,11 +19,11 @@ import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
 from tasks import outcomes
-from tasks.guards import EventKeys, Guards, Held, order_key
+from tasks.guards import Busy, EventKeys, Guards, Held, order_key
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 from tasks.retry_policy import DeadLetter, Retry, RetryPolicy, decide
 from thalamus.client import ThalamusClient
-from thalamus.errors import OutcomeUnknown, ThalamusError
+from thalamus.errors import OutcomeUnknown, SessionExpired, ThalamusError
 from thalamus.models import Case, CaseUpdate, Comment
 
 log = logging.getLogger("casesync.apply")
@@ -78,6 +79,8 @@ class EventApplier:
         policy: RetryPolicy,
         limits: Limits,
         max_deliveries: int,
+        on_session_refused: Callable[[str], None] = lambda reason: None,
+        breaker_wait: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis_client
@@ -87,6 +90,8 @@ class EventApplier:
         self._policy = policy
         self._limits = limits
         self._max_deliveries = max_deliveries
+        self._on_session_refused = on_session_refused
+        self._breaker_wait = breaker_wait
         self._clock = clock
 
     def apply(self, job: Job) -> Result:
@@ -97,9 +102,10 @@ class EventApplier:
             return self._finish_dead(job, outcome, None, None)
         ek = EventKeys.of(event.source, event.id, event.case_id)
         held = self._guards.acquire(ek, uuid.uuid4().hex)
-        if held is None:
-            # Another worker is updating this case; waiting does not spend the retry budget.
-            return RetryLater(LOCK_RETRY_DELAY, job)
+        if isinstance(held, Busy):
+            # Waiting for a busy case or for Thalamus to come back does not spend the budget.
+            delay = self._breaker_wait if held.breaker else LOCK_RETRY_DELAY * (1 + random.random())
+            return RetryLater(delay, job)
         return self._apply_held(job, event, ek, held)
 
     def _apply_held(self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held) -> Result:
@@ -165,6 +171,9 @@ class EventApplier:
             now=self._clock(),
             policy=self._policy,
         )
+        if isinstance(error, SessionExpired):
+            # Refused even after a fresh login: the configuration is at fault, not the event.
+            self._on_session_refused(error.detail)
         unknown_after = held.deaths if isinstance(error, OutcomeUnknown) else None
         if isinstance(decision, Retry):
             if not decision.spends_budget:

@@ -22,10 +22,15 @@ from redis.client import Pipeline
 
 from settings import keys
 
-# KEYS: lock, ledger, newest, mark. ARGV: token, lock ttl ms, mark ttl s.
-# Returns nil when another holder has the lock. Else marks the attempt, counting one more death in
-# case this holder dies before its outcome is written, and returns {ledger, newest, earlier mark}.
+# KEYS: lock, ledger, newest, mark, breaker. ARGV: token, lock ttl ms, mark ttl s.
+# Returns {'breaker', reason} while the breaker is open, nil when another holder has the lock.
+# Else marks the attempt, counting one more death in case this holder dies before its outcome is
+# written, and returns {ledger, newest, earlier mark}.
 _ACQUIRE = """
+local breaker = redis.call('GET', KEYS[5])
+if breaker then
+  return {'breaker', breaker}
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return false
 end
@@ -75,6 +80,14 @@ class EventKeys:
 
 
 @dataclass(frozen=True)
+class Busy:
+    """The attempt cannot start now: the case is locked, or the breaker is open."""
+
+    why: str
+    breaker: bool = False
+
+
+@dataclass(frozen=True)
 class Held:
     """What the lock holder learnt when it took the lock."""
 
@@ -103,14 +116,16 @@ class Guards:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, ek: EventKeys, token: str) -> Held | None:
-        """Take the case's lock and read the event's state; None when another worker has it."""
+    def acquire(self, ek: EventKeys, token: str) -> Held | Busy:
+        """Take the case's lock and read the event's state, unless the case or Thalamus is busy."""
         reply: Any = self._acquire(
-            keys=[ek.lock, ek.ledger, ek.newest, ek.mark],
+            keys=[ek.lock, ek.ledger, ek.newest, ek.mark, keys.BREAKER_OPEN],
             args=[token, self._lock_ttl_ms, self._ledger_ttl],
         )
         if not reply:
-            return None
+            return Busy("another worker is updating this case")
+        if len(reply) == 2:
+            return Busy(f"circuit breaker open: {_text(reply[1])}", breaker=True)
         ledger, newest, mark = (_text(item) for item in reply)
         return Held(token=token, ledger=ledger, newest=newest, mark=mark)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thalamus.errors import PermanentError, SessionExpired, ThalamusError, TransientError
+from thalamus.errors import NotSent, PermanentError, SessionExpired, ThalamusError, TransientError
 
 RETRIES_EXHAUSTED = "retriesExhausted"
 
@@ -59,6 +59,8 @@ def decide(
         # A 401 that outlived a fresh login is a fault of the configuration, not of the event:
         # wait (the breaker holds intake) without spending the event's budget.
         return Retry(policy.max_delay / 10, spends_budget=False)
+    if isinstance(error, NotSent):
+        return Retry(min(policy.max_delay, error.retry_after or policy.base_delay), False)
     retry_after = error.retry_after if isinstance(error, TransientError) else None
     delay = backoff(attempts, policy, jitter, retry_after)
     if attempts >= policy.max_attempts:

@@ -6,8 +6,10 @@ every task of the process, closed at shut-down. Nothing is built at import time.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -16,10 +18,13 @@ import redis
 from consumers.events import Limits
 from settings import Settings, SettingsError, load_settings
 from tasks.apply import EventApplier
+from tasks.breaker import Breaker
 from tasks.guards import Guards
 from tasks.outcomes import Streams
 from tasks.retry_policy import RetryPolicy
-from thalamus.client import ThalamusClient, build_http_client
+from tasks.session import RedisSessionCache
+from tasks.throttle import Throttle
+from thalamus.client import CallHooks, SessionCache, ThalamusClient, build_http_client
 
 
 @dataclass
@@ -47,13 +52,29 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
     )
 
 
-def thalamus_client(settings: Settings, http: httpx.Client) -> ThalamusClient:
+def thalamus_client(
+    settings: Settings,
+    http: httpx.Client,
+    *,
+    sessions: SessionCache | None = None,
+    hooks: Sequence[CallHooks] = (),
+) -> ThalamusClient:
     return ThalamusClient(
         http,
         touchpoint=settings.thalamus_touchpoint,
         token=settings.thalamus_token,
         principal=settings.thalamus_principal,
         password=settings.thalamus_password,
+        sessions=sessions,
+        hooks=hooks,
+    )
+
+
+def breaker_of(settings: Settings, client: redis.Redis) -> Breaker:
+    return Breaker(
+        client,
+        threshold=settings.breaker_threshold,
+        probe_interval=settings.breaker_probe_interval,
     )
 
 
@@ -66,6 +87,8 @@ def limits_of(settings: Settings) -> Limits:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    # One line per request at INFO would drown the outcome lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.thalamus_url is None:
         raise SettingsError("invalid setting CASESYNC_THALAMUS_URL: required by the worker")
     connections = settings.concurrency + 8
@@ -78,7 +101,11 @@ def build_runtime(settings: Settings) -> Runtime:
         pool=settings.pool_timeout,
         max_connections=connections,
     )
-    thalamus = thalamus_client(settings, http)
+    breaker = breaker_of(settings, client)
+    throttle = Throttle(client, max_rps=settings.thalamus_max_rps)
+    thalamus = thalamus_client(
+        settings, http, sessions=RedisSessionCache(client), hooks=(throttle, breaker)
+    )
     applier = EventApplier(
         redis_client=client,
         thalamus=thalamus,
@@ -92,6 +119,8 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         limits=limits_of(settings),
         max_deliveries=settings.max_deliveries,
+        on_session_refused=breaker.open,
+        breaker_wait=settings.breaker_probe_interval,
     )
     return Runtime(settings, client, http, thalamus, applier)
 

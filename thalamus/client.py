@@ -11,7 +11,7 @@ import email.utils
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -62,6 +62,16 @@ class LocalSessionCache:
             return self._cookie
 
 
+class CallHooks(Protocol):
+    """Told of every call: pacing (rate cap, shared pause) and the circuit breaker use it."""
+
+    def before_call(self) -> None:
+        """Runs before a request leaves; may block, or raise a :class:`ThalamusError`."""
+
+    def after_call(self, status: int | None, retry_after: float | None) -> None:
+        """Runs after it: the status, or None when no answer came; ``Retry-After`` in seconds."""
+
+
 def build_http_client(
     base_url: str,
     *,
@@ -96,6 +106,7 @@ class ThalamusClient:
         principal: str | None = None,
         password: SecretStr | None = None,
         sessions: SessionCache | None = None,
+        hooks: Sequence[CallHooks] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
@@ -107,6 +118,7 @@ class ThalamusClient:
         self._principal = principal
         self._password = password
         self._sessions = sessions or LocalSessionCache()
+        self._hooks = tuple(hooks)
         self._clock = clock
 
     @property
@@ -167,12 +179,23 @@ class ThalamusClient:
         headers = dict(self._headers)
         if cookie:
             headers["Cookie"] = cookie
+        for hook in self._hooks:
+            hook.before_call()
         try:
-            return self._http.request(method, path, json=json, headers=headers)
+            response = self._http.request(method, path, json=json, headers=headers)
         except _MAYBE_SENT as exc:
+            self._after(None, None)
             raise OutcomeUnknown(f"{method} {path}: no answer ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
+            self._after(None, None)
             raise TransientError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+        self._after(response.status_code, retry_after)
+        return response
+
+    def _after(self, status: int | None, retry_after: float | None) -> None:
+        for hook in self._hooks:
+            hook.after_call(status, retry_after)
 
 
 def _session_detail(had_credentials: bool) -> str:

@@ -2,7 +2,8 @@
 
 ThalamusError                  root: anything the client could not turn into a case
 ├── TransientError             worth retrying later (carries ``retry_after`` seconds, if any)
-│   └── OutcomeUnknown         the request was sent but no answer came: it may have taken effect
+│   ├── OutcomeUnknown         the request was sent but no answer came: it may have taken effect
+│   └── NotSent                held back before sending (rate cap, shared pause, open breaker)
 ├── PermanentError             the API said no for good (carries ``code`` and the ``errors`` object)
 └── SessionExpired             401: log in again, then retry; not the event's fault
 
@@ -56,6 +57,10 @@ class TransientError(ThalamusError):
 
 class OutcomeUnknown(TransientError):
     """The request left but its answer did not arrive; read the case before trying again."""
+
+
+class NotSent(TransientError):
+    """The call was held back on casesync's side; not the event's fault, so no budget is spent."""
 
 
 class PermanentError(ThalamusError):
