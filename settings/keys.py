@@ -14,6 +14,9 @@ LEDGER = f"{PREFIX}:ledger"
 CASE_LOCK = f"{PREFIX}:lock:case"
 #: Newest change applied to a case, as an order key (see tasks.ordering); lives as the ledger.
 CASE_NEWEST = f"{PREFIX}:newest:case"
+#: Stream entries whose outcome is written: a task redelivered after its worker died between the
+#: outcome and the acknowledgement finds its entry here and ends without a second outcome.
+ENTRY_DONE = f"{PREFIX}:entry-done"
 #: Set before a PUT, deleted when its outcome is known: present at the start of an attempt means
 #: the previous attempt's result is unknown (worker killed, answer lost) and the case must be read.
 ATTEMPT_MARK = f"{PREFIX}:attempt"

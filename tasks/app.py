@@ -31,6 +31,10 @@ def create_app(settings: Settings) -> Celery:
             # waiting for its countdown stays unacknowledged, and Redis redelivers it after
             # this time-out).
             "visibility_timeout": settings.visibility_timeout,
+            # Give back the tasks of a dead worker promptly and all at once, not ten per sweep.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "unacked_restore_limit": 10_000,
             "socket_timeout": settings.redis_timeout,
             "socket_connect_timeout": settings.redis_timeout,
         },

@@ -19,7 +19,7 @@ import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
 from tasks import outcomes
-from tasks.guards import Busy, EventKeys, Guards, Held, order_key
+from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 from tasks.retry_policy import DeadLetter, Retry, RetryPolicy, decide
 from thalamus.client import ThalamusClient
@@ -52,7 +52,9 @@ class RetryLater:
 
 @dataclass(frozen=True)
 class Finished:
-    outcome: Outcome
+    """The outcome written, or None when an earlier delivery of the entry had written it."""
+
+    outcome: Outcome | None
 
 
 Result = Finished | RetryLater
@@ -100,8 +102,11 @@ class EventApplier:
         except InvalidEvent as invalid:
             outcome = outcomes.of_invalid(invalid, job.attempts)
             return self._finish_dead(job, outcome, None, None)
-        ek = EventKeys.of(event.source, event.id, event.case_id)
+        ek = EventKeys.of(event.source, event.id, event.case_id, job.entry_id)
         held = self._guards.acquire(ek, uuid.uuid4().hex)
+        if isinstance(held, Done):
+            log.info("entry %s was delivered again after its outcome; ignored", job.entry_id)
+            return Finished(None)
         if isinstance(held, Busy):
             # Waiting for a busy case or for Thalamus to come back does not spend the budget.
             delay = self._breaker_wait if held.breaker else LOCK_RETRY_DELAY * (1 + random.random())
@@ -240,7 +245,9 @@ class EventApplier:
 
     def _release(self, ek: EventKeys, held: Held, unknown_after: int | None) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
+        self._guards.add_finish(
+            pipe, ek, held.token, unknown_after=unknown_after, outcome_written=False
+        )
         pipe.execute()
 
 

@@ -22,11 +22,15 @@ from redis.client import Pipeline
 
 from settings import keys
 
-# KEYS: lock, ledger, newest, mark, breaker. ARGV: token, lock ttl ms, mark ttl s.
-# Returns {'breaker', reason} while the breaker is open, nil when another holder has the lock.
+# KEYS: lock, ledger, newest, mark, breaker, entry-done. ARGV: token, lock ttl ms, mark ttl s.
+# Returns {'done'} when the entry's outcome is already written, {'breaker', reason} while the
+# breaker is open, nil when another holder has the lock.
 # Else marks the attempt, counting one more death in case this holder dies before its outcome is
 # written, and returns {ledger, newest, earlier mark}.
 _ACQUIRE = """
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return {'done'}
+end
 local breaker = redis.call('GET', KEYS[5])
 if breaker then
   return {'breaker', breaker}
@@ -68,15 +72,22 @@ class EventKeys:
     ledger: str
     newest: str
     mark: str
+    entry_done: str
 
     @classmethod
-    def of(cls, source: str, event_id: str, case_id: int) -> EventKeys:
+    def of(cls, source: str, event_id: str, case_id: int, entry_id: str) -> EventKeys:
         return cls(
             lock=keys.case_key(keys.CASE_LOCK, case_id),
             ledger=keys.event_key(keys.LEDGER, source, event_id),
             newest=keys.case_key(keys.CASE_NEWEST, case_id),
             mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
+            entry_done=f"{keys.ENTRY_DONE}:{entry_id}",
         )
+
+
+@dataclass(frozen=True)
+class Done:
+    """This stream entry's outcome is already written: a redelivered task ends here."""
 
 
 @dataclass(frozen=True)
@@ -109,21 +120,26 @@ class Held:
 class Guards:
     """Lock, ledger, order key and attempt mark, over one Redis client."""
 
-    def __init__(self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float) -> None:
+    def __init__(
+        self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float, done_ttl: float
+    ) -> None:
         self._redis = client
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._ledger_ttl = int(ledger_ttl)
+        self._done_ttl = int(done_ttl)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, ek: EventKeys, token: str) -> Held | Busy:
+    def acquire(self, ek: EventKeys, token: str) -> Held | Busy | Done:
         """Take the case's lock and read the event's state, unless the case or Thalamus is busy."""
         reply: Any = self._acquire(
-            keys=[ek.lock, ek.ledger, ek.newest, ek.mark, keys.BREAKER_OPEN],
+            keys=[ek.lock, ek.ledger, ek.newest, ek.mark, keys.BREAKER_OPEN, ek.entry_done],
             args=[token, self._lock_ttl_ms, self._ledger_ttl],
         )
         if not reply:
             return Busy("another worker is updating this case")
+        if len(reply) == 1:
+            return Done()
         if len(reply) == 2:
             return Busy(f"circuit breaker open: {_text(reply[1])}", breaker=True)
         ledger, newest, mark = (_text(item) for item in reply)
@@ -138,12 +154,15 @@ class Guards:
         ledger_value: str | None = None,
         newest: str = "",
         unknown_after: int | None = None,
+        outcome_written: bool = True,
     ) -> None:
         """Queue the end of an attempt into the outcome's MULTI: ledger, order key, mark, lock.
 
         ``unknown_after`` keeps the mark (with that many deaths) when the PUT's answer was lost,
         so the next attempt reads the case first; otherwise the mark is cleared.
         """
+        if outcome_written:
+            pipe.set(ek.entry_done, "1", ex=self._done_ttl)
         if ledger_value is not None:
             pipe.set(ek.ledger, ledger_value, ex=self._ledger_ttl)
         if unknown_after is None:

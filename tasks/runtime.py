@@ -109,7 +109,14 @@ def build_runtime(settings: Settings) -> Runtime:
     applier = EventApplier(
         redis_client=client,
         thalamus=thalamus,
-        guards=Guards(client, lock_ttl=settings.case_lock_ttl, ledger_ttl=settings.ledger_ttl),
+        guards=Guards(
+            client,
+            lock_ttl=settings.case_lock_ttl,
+            ledger_ttl=settings.ledger_ttl,
+            # Long enough to outlast any redelivery of a task: restored after the visibility
+            # time-out, or held by a worker that is down for a while.
+            done_ttl=max(86400.0, 3 * settings.visibility_timeout),
+        ),
         streams=Streams.from_settings(settings),
         policy=RetryPolicy(
             max_attempts=settings.max_attempts,

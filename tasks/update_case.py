@@ -51,7 +51,7 @@ def update_case(
     if isinstance(result, RetryLater):
         kwargs = _retry_kwargs(self.request.kwargs, result)
         raise self.retry(countdown=result.delay, kwargs=kwargs)
-    return result.outcome.type
+    return result.outcome.type if result.outcome else "already-done"
 
 
 def _retry_kwargs(current: dict[str, Any], later: RetryLater) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class Pipeline:
         return [json.loads(fields["event"]) for _, fields in self.redis.xrange(RESULTS)]
 
     def dead_letters(self) -> list[dict[str, str]]:
-        return [fields for _, fields in self.redis.xrange(DEAD_LETTER)]
+        return [dict(fields) for _, fields in self.redis.xrange(DEAD_LETTER)]
 
     def wait_for_outcomes(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """The outcome events once there are ``count`` of them; fails after ``timeout``."""
