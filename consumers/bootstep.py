@@ -19,6 +19,7 @@ from celery import bootsteps
 
 from consumers.intake import Accepted, Intake, IntakeConfig
 from settings import Settings, load_settings
+from tasks import metrics
 from tasks.outcomes import Streams
 from thalamus.client import build_http_client
 
@@ -89,7 +90,12 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
         def paused() -> bool:
             # While the breaker is open, read nothing; probe (one worker at a time) instead.
-            return not breaker.probe(prober.is_alive)
+            closed = breaker.probe(prober.is_alive)
+            metrics.BREAKER_OPEN.set(0 if closed else 1)
+            return not closed
+
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
 
         self._intake = Intake(
             client,
@@ -97,6 +103,7 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
             Streams.from_settings(settings),
             enqueue_tasks,
             paused=paused,
+            report_lag=metrics.STREAM_LAG.set,
         )
         self._thread = threading.Thread(
             target=self._intake.run, args=(self._stop,), name="casesync-intake", daemon=True

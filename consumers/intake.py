@@ -19,6 +19,7 @@ import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
 from tasks import outcomes
+from tasks.apply import log_outcome
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 
 log = logging.getLogger("casesync.intake")
@@ -63,6 +64,7 @@ class Intake:
         enqueue: Enqueue,
         *,
         paused: Callable[[], bool] = lambda: False,
+        report_lag: Callable[[int], None] = lambda lag: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -70,6 +72,7 @@ class Intake:
         self._streams = streams
         self._enqueue = enqueue
         self._paused = paused
+        self._report_lag = report_lag
         self._clock = clock
         # After a start or an error, this consumer's own pending entries are read first.
         self._own_pending_first = True
@@ -83,6 +86,14 @@ class Intake:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def lag(self) -> int:
+        """Entries of the stream the group has not read yet (0 where the server cannot tell)."""
+        groups: Any = self._redis.xinfo_groups(self._config.stream)
+        for group in groups:
+            if group.get("name") == self._config.group:
+                return int(group.get("lag") or 0)
+        return 0
 
     def room(self) -> int:
         """How many entries may be read now without overfilling the task queue."""
@@ -132,8 +143,8 @@ class Intake:
             outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
-        for entry_id, problem in invalid:
-            log.info("entry %s dead-lettered as %s: %s", entry_id, problem.reason, problem.detail)
+        for _, problem in invalid:
+            log_outcome(outcomes.of_invalid(problem))
         return len(entries)
 
     def reclaim(self) -> int:
@@ -185,7 +196,8 @@ class Intake:
             )
             pipe.xack(self._config.stream, self._config.group, entry_id)
         pipe.execute()
-        log.warning("dead-lettered %d poison entries", len(entries))
+        for entry_id, fields in entries:
+            log_outcome(_poison_outcome((fields or {}).get("event", ""), f"entry {entry_id}"))
 
     def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
         """Read until ``stop`` is set; Redis failures are logged and waited out, never fatal."""
@@ -199,6 +211,7 @@ class Intake:
                 if self._clock() >= next_claim:
                     self.ensure_group()
                     self.reclaim()
+                    self._report_lag(self.lag())
                     next_claim = self._clock() + self._config.claim_idle / 2
                 if self.poll() == 0:
                     stop.wait(idle_wait)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
-from tasks import outcomes
+from tasks import metrics, outcomes
 from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 from tasks.retry_policy import DeadLetter, Retry, RetryPolicy, decide
@@ -222,7 +222,7 @@ class EventApplier:
         ledger_value = outcome.type if ledger else None
         self._guards.add_finish(pipe, ek, held.token, ledger_value=ledger_value, newest=newest)
         pipe.execute()
-        _log_outcome(outcome)
+        log_outcome(outcome)
         return Finished(outcome)
 
     def _finish_dead(
@@ -240,7 +240,7 @@ class EventApplier:
         if ek is not None and held is not None:
             self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
         pipe.execute()
-        _log_outcome(outcome)
+        log_outcome(outcome)
         return Finished(outcome)
 
     def _release(self, ek: EventKeys, held: Held, unknown_after: int | None) -> None:
@@ -310,11 +310,19 @@ def _dead_outcome(event: CaseChangeEvent, job: Job, decision: DeadLetter) -> Out
     )
 
 
-def _log_outcome(outcome: Outcome) -> None:
+def log_outcome(outcome: Outcome) -> None:
+    """One line per outcome, the same fields as text and as JSON (CASESYNC_LOG_JSON)."""
+    metrics.count_outcome(outcome.type, outcome.reason)
     log.info(
-        "outcome %s",
-        outcome.type,
+        "outcome %s event=%s/%s case=%s attempts=%d reason=%s",
+        outcome.type.removeprefix("casesync.update."),
+        outcome.request_source,
+        outcome.request_id,
+        outcome.case_id,
+        outcome.attempts,
+        outcome.reason or "-",
         extra={
+            "outcome": outcome.type,
             "event_id": outcome.request_id,
             "event_source": outcome.request_source,
             "case_id": outcome.case_id,

@@ -20,6 +20,7 @@ from settings import Settings, SettingsError, load_settings
 from tasks.apply import EventApplier
 from tasks.breaker import Breaker
 from tasks.guards import Guards
+from tasks.metrics import ApiCallMetrics
 from tasks.outcomes import Streams
 from tasks.retry_policy import RetryPolicy
 from tasks.session import RedisSessionCache
@@ -104,7 +105,10 @@ def build_runtime(settings: Settings) -> Runtime:
     breaker = breaker_of(settings, client)
     throttle = Throttle(client, max_rps=settings.thalamus_max_rps)
     thalamus = thalamus_client(
-        settings, http, sessions=RedisSessionCache(client), hooks=(throttle, breaker)
+        settings,
+        http,
+        sessions=RedisSessionCache(client),
+        hooks=(throttle, breaker, ApiCallMetrics()),
     )
     applier = EventApplier(
         redis_client=client,

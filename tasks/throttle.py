@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from settings import keys
+from tasks import metrics
 from thalamus.errors import NotSent
 
 # KEYS: schedule, pause-until. ARGV: interval ms (0 = no cap), longest wait ms.
@@ -85,6 +86,7 @@ class Throttle:
                 retry_after=wait_ms / 1000,
             )
         if wait_ms > 0:
+            metrics.RATE_LIMIT_WAIT.inc(wait_ms / 1000)
             self._sleep(wait_ms / 1000)
 
     def after_call(self, status: int | None, retry_after: float | None) -> None:

@@ -7,11 +7,13 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import after_setup_logger, worker_process_shutdown, worker_shutdown
 
+from settings import load_settings
 from tasks import app
 from tasks.app import TASK_NAME
 from tasks.apply import Job, RetryLater
+from tasks.observability import use_json_logs
 from tasks.retry_policy import RetryPolicy, backoff
 from tasks.runtime import close_runtime, current_runtime
 
@@ -67,3 +69,9 @@ def _retry_kwargs(current: dict[str, Any], later: RetryLater) -> dict[str, Any]:
 @worker_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     close_runtime()
+
+
+@after_setup_logger.connect
+def _json_logs(logger: logging.Logger, **_: Any) -> None:
+    if load_settings().log_json:
+        use_json_logs(logger)
