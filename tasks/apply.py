@@ -123,11 +123,8 @@ class EventApplier:
             )
             outcome = _outcome(event, outcomes.DEADLETTERED, job, reason=POISON_EVENT)
             return self._finish_dead(job, replace(outcome, detail=detail), ek, held)
-        job = (
-            job
-            if job.first_attempt_at is not None
-            else replace(job, first_attempt_at=self._clock())
-        )
+        first = job.first_attempt_at if job.first_attempt_at is not None else self._clock()
+        job = replace(job, attempts=job.attempts + 1, first_attempt_at=first)
         newest = order_key(event.time, job.entry_id)
         superseded = bool(held.newest) and held.newest > newest
         try:
@@ -153,7 +150,6 @@ class EventApplier:
         if plan.update is None:
             outcome = _outcome(event, plan.outcome_type, job)
             return self._finish(job, event, ek, held, outcome, ledger=True)
-        job = replace(job, attempts=job.attempts + 1)
         case = self._thalamus.update_case(event.case_id, plan.update)
         return self._finish_applied(job, event, ek, held, plan.outcome_type, case, newest)
 
@@ -171,7 +167,7 @@ class EventApplier:
         assert job.first_attempt_at is not None
         decision = decide(
             error,
-            attempts=max(job.attempts, 1),
+            attempts=job.attempts,
             first_attempt_at=job.first_attempt_at,
             now=self._clock(),
             policy=self._policy,

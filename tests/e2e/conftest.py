@@ -68,7 +68,8 @@ class Pipeline:
     def start_worker(self, **overrides: str) -> Any:
         log = (self.logs / f"worker-{len(self.workers)}.log").open("wb")
         self.stack.callback(log.close)
-        process = processes.start_process(processes.worker_command(), self.env(**overrides), log)
+        argv = processes.worker_command("--without-mingle", "--without-gossip")
+        process = processes.start_process(argv, self.env(**overrides), log)
         self.stack.callback(processes.stop_process, process)
         self.workers.append(process)
         return process
@@ -81,7 +82,8 @@ class Pipeline:
         return [json.loads(fields["event"]) for _, fields in self.redis.xrange(RESULTS)]
 
     def dead_letters(self) -> list[dict[str, str]]:
-        return [dict(fields) for _, fields in self.redis.xrange(DEAD_LETTER)]
+        entries: Any = self.redis.xrange(DEAD_LETTER)
+        return [dict(fields) for _, fields in entries]
 
     def wait_for_outcomes(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         """The outcome events once there are ``count`` of them; fails after ``timeout``."""

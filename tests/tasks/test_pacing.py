@@ -107,8 +107,13 @@ def test_only_one_worker_probes_at_a_time(server: fakeredis.FakeServer) -> None:
     first = Breaker(client(server), threshold=1, probe_interval=60)
     second = Breaker(client(server), threshold=1, probe_interval=60)
     first.open("test")
-    first.probe(lambda: probes.append("first") or False)
-    second.probe(lambda: probes.append("second") or False)
+
+    def probe(name: str) -> bool:
+        probes.append(name)
+        return False
+
+    first.probe(lambda: probe("first"))
+    second.probe(lambda: probe("second"))
     assert probes == ["first"]
 
 
