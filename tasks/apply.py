@@ -7,10 +7,12 @@ client, clock) are passed in, so a test drives it with fakeredis and ``httpx.Moc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +31,9 @@ from thalamus.models import Case, CaseUpdate, Comment
 log = logging.getLogger("casesync.apply")
 
 POISON_EVENT = "poisonEvent"
+
+#: How far the clocks of Redis and Thalamus may disagree when comments are matched by time.
+CLOCK_MARGIN_MS = 120_000
 
 #: Wait for a busy case this long at most before handing the event back to the queue.
 LOCK_RETRY_DELAY = 0.05
@@ -111,7 +116,14 @@ class EventApplier:
             # Waiting for a busy case or for Thalamus to come back does not spend the budget.
             delay = self._breaker_wait if held.breaker else LOCK_RETRY_DELAY * (1 + random.random())
             return RetryLater(delay, job)
-        return self._apply_held(job, event, ek, held)
+        try:
+            return self._apply_held(job, event, ek, held)
+        except redis.RedisError:
+            # The outcome could not be written: give the case back now rather than when the
+            # lock expires, keeping the mark so the next attempt reads the case first.
+            with contextlib.suppress(redis.RedisError):
+                self._release(ek, held, unknown_after=held)
+            raise
 
     def _apply_held(self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held) -> Result:
         if held.ledger:
@@ -142,10 +154,9 @@ class EventApplier:
         superseded: bool,
     ) -> Result:
         current = self._read_case_if_needed(event, held, superseded)
-        if held.outcome_unknown and current is not None and _took_effect(event, current):
+        if held.outcome_unknown and current is not None and _took_effect(event, current, held):
             log.info("event %s/%s had already taken effect", event.source, event.id)
-            kind = outcomes.SUPERSEDED if superseded else outcomes.APPLIED
-            return self._finish_applied(job, event, ek, held, kind, current, newest)
+            return self._finish_applied(job, event, ek, held, outcomes.APPLIED, current, newest)
         plan = _plan(event, current, superseded)
         if plan.update is None:
             outcome = _outcome(event, plan.outcome_type, job)
@@ -175,7 +186,7 @@ class EventApplier:
         if isinstance(error, SessionExpired):
             # Refused even after a fresh login: the configuration is at fault, not the event.
             self._on_session_refused(error.detail)
-        unknown_after = held.deaths if isinstance(error, OutcomeUnknown) else None
+        unknown_after = held if isinstance(error, OutcomeUnknown) else None
         if isinstance(decision, Retry):
             if not decision.spends_budget:
                 job = replace(job, attempts=max(0, job.attempts - 1))
@@ -227,7 +238,7 @@ class EventApplier:
         outcome: Outcome,
         ek: EventKeys | None,
         held: Held | None,
-        unknown_after: int | None = None,
+        unknown_after: Held | None = None,
     ) -> Result:
         now = self._clock()
         record = DeadLetterRecord(job.raw_event, job.first_attempt_at or now, job.entry_id)
@@ -239,7 +250,7 @@ class EventApplier:
         log_outcome(outcome)
         return Finished(outcome)
 
-    def _release(self, ek: EventKeys, held: Held, unknown_after: int | None) -> None:
+    def _release(self, ek: EventKeys, held: Held, unknown_after: Held | None) -> None:
         pipe = self._redis.pipeline(transaction=True)
         self._guards.add_finish(
             pipe, ek, held.token, unknown_after=unknown_after, outcome_written=False
@@ -269,17 +280,25 @@ def _plan(event: CaseChangeEvent, current: Case | None, superseded: bool) -> _Pl
     return _Plan(outcomes.SUPERSEDED, comments_only)
 
 
-def _took_effect(event: CaseChangeEvent, case: Case) -> bool:
-    """Whether a PUT whose answer was lost did land: the case ends with this event's comments.
+def _took_effect(event: CaseChangeEvent, case: Case, held: Held) -> bool:
+    """Whether a PUT whose answer was lost did land: each of this event's comments is on the
+    case, created no earlier than the attempt that lost its answer began.
 
-    An event without comments is safe to send again, so it counts as not applied. The per-case
-    lock keeps other casesync updates out; a comment another system adds in between with the very
-    same text is the window that remains (README, "Exactly-once and order").
+    An event without comments is safe to send again, so it counts as not applied. Comments are
+    matched by text among those created since the attempt began (less a margin for the clocks of
+    Redis and Thalamus); a comment of the same text that another system adds to the case in that
+    time is the window that remains (README, "Exactly-once and order").
     """
-    wanted = [comment.description for comment in event.data.comments or []]
-    if not wanted or len(case.comments) < len(wanted):
+    wanted = Counter(comment.description for comment in event.data.comments or [])
+    if not wanted:
         return False
-    return [comment.description for comment in case.comments[-len(wanted) :]] == wanted
+    since = held.since_ms - CLOCK_MARGIN_MS
+    recent = Counter(
+        comment.description
+        for comment in case.comments
+        if comment.creationDate is None or comment.creationDate >= since
+    )
+    return all(recent[text] >= count for text, count in wanted.items())
 
 
 def _outcome(event: CaseChangeEvent, kind: str, job: Job, **details: Any) -> Outcome:

@@ -25,8 +25,9 @@ from settings import keys
 # KEYS: lock, ledger, newest, mark, breaker, entry-done. ARGV: token, lock ttl ms, mark ttl s.
 # Returns {'done'} when the entry's outcome is already written, {'breaker', reason} while the
 # breaker is open, nil when another holder has the lock.
-# Else marks the attempt, counting one more death in case this holder dies before its outcome is
-# written, and returns {ledger, newest, earlier mark}.
+# Else marks the attempt as "deaths:since" (since: epoch ms when the first attempt whose result
+# is still unknown began), counting one more death in case this holder dies before its outcome is
+# written, and returns {ledger, newest, earlier mark, since}.
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return {'done'}
@@ -39,8 +40,18 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return false
 end
 local mark = redis.call('GET', KEYS[4])
-redis.call('SET', KEYS[4], (tonumber(mark) or 0) + 1, 'EX', ARGV[3])
-return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '', mark or ''}
+local deaths, since = 0, nil
+if mark then
+  local sep = string.find(mark, ':', 1, true)
+  deaths = tonumber(string.sub(mark, 1, sep - 1))
+  since = string.sub(mark, sep + 1)
+end
+if not since then
+  local t = redis.call('TIME')
+  since = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+redis.call('SET', KEYS[4], (deaths + 1) .. ':' .. since, 'EX', ARGV[3])
+return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '', mark or '', since}
 """
 
 # KEYS: lock, newest. ARGV: token, order key ('' to leave it), ttl seconds of the order key.
@@ -105,8 +116,11 @@ class Held:
     token: str
     ledger: str  # '' when the event was never applied
     newest: str  # '' when no change of the case is recorded
-    #: '' when no earlier attempt left its result unknown; else how many of them died mid-PUT.
+    #: '' when no earlier attempt left its result unknown; else "deaths:since".
     mark: str
+    #: When the oldest attempt whose result is not known began: this one, or an earlier one
+    #: that died or lost its answer (Redis clock, epoch ms).
+    since_ms: int
 
     @property
     def outcome_unknown(self) -> bool:
@@ -114,7 +128,8 @@ class Held:
 
     @property
     def deaths(self) -> int:
-        return int(self.mark) if self.mark.isdigit() else 0
+        count = self.mark.partition(":")[0]
+        return int(count) if count.isdigit() else 0
 
 
 class Guards:
@@ -142,8 +157,8 @@ class Guards:
             return Done()
         if len(reply) == 2:
             return Busy(f"circuit breaker open: {_text(reply[1])}", breaker=True)
-        ledger, newest, mark = (_text(item) for item in reply)
-        return Held(token=token, ledger=ledger, newest=newest, mark=mark)
+        ledger, newest, mark, since = (_text(item) for item in reply)
+        return Held(token=token, ledger=ledger, newest=newest, mark=mark, since_ms=int(since))
 
     def add_finish(
         self,
@@ -153,13 +168,14 @@ class Guards:
         *,
         ledger_value: str | None = None,
         newest: str = "",
-        unknown_after: int | None = None,
+        unknown_after: Held | None = None,
         outcome_written: bool = True,
     ) -> None:
         """Queue the end of an attempt into the outcome's MULTI: ledger, order key, mark, lock.
 
-        ``unknown_after`` keeps the mark (with that many deaths) when the PUT's answer was lost,
-        so the next attempt reads the case first; otherwise the mark is cleared.
+        ``unknown_after`` keeps the mark as it was when this attempt began (no death counted)
+        when the PUT's answer was lost, so the next attempt reads the case first; otherwise the
+        mark is cleared.
         """
         if outcome_written:
             pipe.set(ek.entry_done, "1", ex=self._done_ttl)
@@ -168,7 +184,8 @@ class Guards:
         if unknown_after is None:
             pipe.delete(ek.mark)
         else:
-            pipe.set(ek.mark, str(unknown_after), ex=self._ledger_ttl)
+            mark = f"{unknown_after.deaths}:{unknown_after.since_ms}"
+            pipe.set(ek.mark, mark, ex=self._ledger_ttl)
         self._release(
             keys=[ek.lock, ek.newest], args=[token, newest, self._ledger_ttl], client=pipe
         )
