@@ -33,10 +33,11 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REPLAY_HELP = """\
 Re-validate each dead letter's original event and put it back, unchanged, on the events stream;
 the dead letter is deleted in the same atomic step, only once the event is back. An event that
-is still invalid is refused and kept. The event keeps its (source, id): casesync never recorded
-a dead-lettered event as applied, so it is processed anew; one that was in fact applied (or
-is replayed twice) comes back as casesync.update.duplicate, and a change older than one applied
-since is superseded. Replay goes in batches and waits while the workers' backlog is high.
+is still invalid is refused and kept. The event keeps its (source, id), and casesync never
+records a dead-lettered event as applied, so it is processed anew; if the same event was applied
+meanwhile (published again, or replayed twice), it comes back as casesync.update.duplicate and
+nothing is sent. A change older than one applied to its case since is superseded (its comments
+are still posted). Replay goes in batches and waits while the workers' backlog is high.
 """
 
 
