@@ -11,7 +11,7 @@ import redis
 
 from cli.dlq_cmd import since_time
 from cli.main import main
-from tests.cli.conftest import DEAD_LETTER, EVENTS, DeadLetterFactory, case_event, entries
+from tests.conftest import DEAD_LETTER, EVENTS, DeadLetterFactory, case_event, entries
 
 
 def _stream_ids(db: redis.Redis, stream: str) -> list[str]:

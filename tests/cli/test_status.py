@@ -11,7 +11,7 @@ import redis
 
 from cli.main import main
 from settings import keys
-from tests.cli.conftest import EVENTS, DeadLetterFactory, case_event
+from tests.conftest import EVENTS, DeadLetterFactory, case_event
 
 GROUP = "casesync"
 QUEUE = "casesync"
