@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import redis
@@ -160,7 +161,7 @@ def run_list(args: argparse.Namespace) -> int:
             client, settings.dead_letter_stream, since=args.since, reason=args.reason
         )
         # One more than shown, to tell whether there are more.
-        letters = list(_take(found, args.limit + 1 if args.limit else 0))
+        letters = list(islice(found, args.limit + 1 if args.limit else None))
     more = bool(args.limit) and len(letters) > args.limit
     letters = letters[: args.limit] if args.limit else letters
     if args.json:
@@ -168,13 +169,6 @@ def run_list(args: argparse.Namespace) -> int:
     else:
         _print_table(letters, more)
     return 0
-
-
-def _take(letters: Iterable[DeadLetter], most: int) -> Iterable[DeadLetter]:
-    for count, letter in enumerate(letters, start=1):
-        yield letter
-        if count == most:
-            return
 
 
 def _print_table(letters: list[DeadLetter], more: bool) -> None:
@@ -214,11 +208,9 @@ def run_show(args: argparse.Namespace) -> int:
         print_json(letter.as_json())
         return 0
     out = console()
-    shown = letter.as_json()
-    for name in ("id", "reason", "detail", "attempts", "httpStatus", "caseInstanceId"):
-        out.print(f"{name + ':':<16}{'' if shown[name] is None else shown[name]}")
-    for name in ("requestId", "requestSource", "firstAttemptAt", "deadLetteredAt", "entryId"):
-        out.print(f"{name + ':':<16}{shown[name]}")
+    for name, value in letter.as_json().items():
+        if name not in ("event", "errors"):
+            out.print(f"{name + ':':<16}{'' if value is None else value}")
     if letter.errors:
         out.print("errors:")
         out.print(json.dumps(letter.errors, indent=2, ensure_ascii=False))
