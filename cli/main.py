@@ -6,10 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import config_cmd, demo_cmd, publish_cmd, simulator_cmd, worker_cmd
+import redis
+
+from cli import config_cmd, demo_cmd, dlq_cmd, publish_cmd, simulator_cmd, status_cmd, worker_cmd
 from settings import SettingsError
 
-COMMANDS = (config_cmd, worker_cmd, publish_cmd, demo_cmd, simulator_cmd)
+COMMANDS = (config_cmd, worker_cmd, publish_cmd, status_cmd, dlq_cmd, demo_cmd, simulator_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except SettingsError as exc:
         print(f"casesync: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        # One line, not a traceback: an operator (or a health check) needs only the cause.
+        # redis-py's messages name the host and port, never the password of the URL.
+        print(f"casesync {args.command}: Redis: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -19,11 +19,8 @@ import redis
 
 from cli import processes
 from cli.publish_cmd import publish
+from tests.conftest import DEAD_LETTER, EVENTS, RESULTS
 from thalamus.simulator.process import RunningSimulator, running_simulator
-
-EVENTS = "casesync:events"
-RESULTS = "casesync:results"
-DEAD_LETTER = "casesync:dead-letter"
 
 #: Quick retries and a short visibility time-out, so fault tests take seconds.
 FAST_SETTINGS = {
@@ -132,29 +129,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-def case_event(
-    event_id: str,
-    case_id: int,
-    *,
-    time: str = "2026-11-28T10:15:00Z",
-    source: str = "urn:test",
-    **data: Any,
-) -> dict[str, Any]:
-    """A valid event of the simulator's default catalogue, with ``data`` overrides."""
-    body: dict[str, Any] = {
-        "caseInstanceId": case_id,
-        "categoryCode": "Reclamo",
-        "typeCode": "Telefonico",
-        **data,
-    }
-    return {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": "thalamus.case.update",
-        "time": time,
-        "subject": str(case_id),
-        "data": {key: value for key, value in body.items() if value is not None},
-    }

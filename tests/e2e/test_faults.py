@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from cli import processes
-from tests.e2e.conftest import Pipeline, case_event
+from tests.conftest import case_event
+from tests.e2e.conftest import Pipeline
 
 pytestmark = pytest.mark.slow
 

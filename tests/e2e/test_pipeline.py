@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Pipeline, case_event
+from tests.conftest import case_event
+from tests.e2e.conftest import Pipeline
 
 
 def _by_request(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,28 @@
+"""How operator commands print: tables for people, JSON for scripts.
+
+Stream contents are data, never markup: the console shows ``[red]`` or ``:smile:`` in an event
+as written, and nothing in an event can style or rewrite the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+def console() -> Console:
+    """A console on the current standard output that prints text as it is."""
+    return Console(file=sys.stdout, markup=False, highlight=False, emoji=False)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
