@@ -121,7 +121,7 @@ def _too_many_requests(seconds: int) -> dict[str, Any]:
 def _unique_per_run(lines: list[str]) -> list[str]:
     """Give each event id a suffix for this run, so a second run against the same Redis shows
     the same outcomes instead of duplicates; lines that share an id keep sharing it."""
-    run_tag = uuid.uuid4().hex[:8]
+    run_tag = RUN_TAG
     unique = []
     for line in lines:
         try:
@@ -134,6 +134,10 @@ def _unique_per_run(lines: list[str]) -> list[str]:
             line = json.dumps(event)
         unique.append(line)
     return unique
+
+
+#: Marks this run's event ids (see :func:`_unique_per_run`); left out of the table.
+RUN_TAG = uuid.uuid4().hex[:8]
 
 
 def _waves(lines: list[str]) -> Iterator[list[str]]:
@@ -184,7 +188,7 @@ def _seen(payload: str) -> Seen:
     data = event.get("data", {})
     return Seen(
         type=event["type"].removeprefix("casesync.update."),
-        request_id=str(data.get("requestId") or "-"),
+        request_id=str(data.get("requestId") or "-").removesuffix(f"-{RUN_TAG}"),
         case_id=str(data.get("caseInstanceId") or "-"),
         reason=str(data.get("reason") or ""),
         attempts=str(data.get("attempts", "")),
@@ -198,5 +202,9 @@ def _print_outcomes(console: Console, seen: list[Seen]) -> None:
     for item in seen:
         table.add_row(item.type, item.reason, item.case_id, item.attempts, item.request_id)
     console.print(table)
-    counts = Counter(f"{item.type} {item.reason}".strip() for item in seen)
-    console.print(", ".join(f"{name}: {count}" for name, count in sorted(counts.items())))
+    summary = Table(title="Totals")
+    summary.add_column("outcome")
+    summary.add_column("events", justify="right")
+    for kind, count in sorted(Counter(item.type for item in seen).items()):
+        summary.add_row(kind, str(count))
+    console.print(summary)
