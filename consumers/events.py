@@ -103,7 +103,18 @@ def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChange
             raw=json.dumps(fields)[: limits.max_event_bytes],
             partial={},
         )
-    return parse_event(raw, limits)
+    try:
+        return parse_event(raw, limits)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        # Whatever upstream sent must end as a dead letter, never as a crashed intake.
+        raise InvalidEvent(
+            INVALID_EVENT,
+            f"the event could not be read ({type(exc).__name__}: {exc})",
+            raw=raw,
+            partial={},
+        ) from exc
 
 
 def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
@@ -117,6 +128,12 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
             raw=raw,
             partial={},
         )
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(
+            INVALID_EVENT, "the event is not valid UTF-8 text", raw=raw, partial={}
+        ) from None
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -140,6 +157,12 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
 
 def identity(raw: str) -> dict[str, Any]:
     """What can be read of an event's identity from its JSON text, however broken."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(
+            INVALID_EVENT, "the event is not valid UTF-8 text", raw=raw, partial={}
+        ) from None
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, RecursionError):

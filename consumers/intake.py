@@ -105,19 +105,25 @@ class Intake:
         room = self.room()
         if room == 0:
             return 0
-        start = "0" if self._own_pending_first else ">"
-        block = None if self._own_pending_first else self._config.block_ms
+        if self._own_pending_first:
+            # After a start or an error: entries this consumer read but did not hand on.
+            entries = self._read("0", room, block=None)
+            self._own_pending_first = len(entries) == room
+            if entries:
+                return self.take(entries)
+        return self.take(self._read(">", room, block=self._config.block_ms))
+
+    def _read(
+        self, start: str, count: int, block: int | None
+    ) -> list[tuple[str, dict[str, str] | None]]:
         reply: Any = self._redis.xreadgroup(
             self._config.group,
             self._config.consumer,
             {self._config.stream: start},
-            count=room,
+            count=count,
             block=block,
         )
-        entries = reply[0][1] if reply else []
-        if self._own_pending_first and len(entries) < room:
-            self._own_pending_first = False
-        return self.take(entries)
+        return list(reply[0][1]) if reply else []
 
     def take(self, entries: Sequence[tuple[str, dict[str, str] | None]]) -> int:
         """Enqueue the valid entries, dead-letter the others, then acknowledge them all."""

@@ -140,8 +140,9 @@ def add_dead_letter(
     pipe: Pipeline, streams: Streams, outcome: Outcome, record: DeadLetterRecord, now: float
 ) -> None:
     """Queue the dead letter and its ``deadlettered`` outcome event."""
-    fields = {
-        "event": record.raw_event,
+    fields: dict[str, str | bytes] = {
+        # Bytes that were not UTF-8 go back exactly as they came (read with surrogateescape).
+        "event": record.raw_event.encode("utf-8", "surrogateescape"),
         "reason": outcome.reason or "unknown",
         "detail": outcome.detail or "",
         "attempts": str(outcome.attempts),
@@ -157,8 +158,12 @@ def add_dead_letter(
         "entryId": record.entry_id or "",
         **record.extra,
     }
-    pipe.xadd(streams.dead_letter, fields)  # type: ignore[arg-type]
+    pipe.xadd(streams.dead_letter, {k: _wire(v) for k, v in fields.items()})
     add_outcome(pipe, streams, outcome, now)
+
+
+def _wire(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 def iso_time(moment: float) -> str:

@@ -46,6 +46,8 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
+        # Bytes that are not UTF-8 survive the round trip, so a dead letter keeps them unchanged.
+        encoding_errors="surrogateescape",
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
