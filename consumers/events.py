@@ -193,10 +193,11 @@ def _check_limits(
 
 
 def _reason(exc: ValidationError) -> str:
-    """``CodeRequired`` when a category or type code is missing or empty, else ``invalidEvent``."""
+    """``CodeRequired`` for a missing, null or empty category or type code, else invalidEvent."""
     for error in exc.errors():
         names_a_code = error["loc"] in (("data", "categoryCode"), ("data", "typeCode"))
-        if names_a_code and error["type"] in ("missing", "string_too_short"):
+        absent = error["type"] in ("missing", "string_too_short") or error["input"] is None
+        if names_a_code and absent:
             return CODE_REQUIRED
     return INVALID_EVENT
 
