@@ -50,10 +50,10 @@ def event(**changes: Any) -> dict[str, Any]:
     return document
 
 
-def refusal(document: Any, limits: Limits = Limits()) -> InvalidEvent:
+def refusal(document: Any, limits: Limits | None = None) -> InvalidEvent:
     raw = document if isinstance(document, str) else json.dumps(document)
     with pytest.raises(InvalidEvent) as caught:
-        parse_event(raw, limits)
+        parse_event(raw, limits or Limits())
     return caught.value
 
 
@@ -61,7 +61,10 @@ def test_the_contract_sample_event_is_accepted_with_every_field() -> None:
     parsed = parse_entry({"event": json.dumps(event())})
 
     assert parsed.case_id == 12345
-    assert (parsed.id, parsed.source) == ("0b7e6f1c-2d0a-4c47-9a61-3f1f5f0c9a11", "urn:example:billing")
+    assert (parsed.id, parsed.source) == (
+        "0b7e6f1c-2d0a-4c47-9a61-3f1f5f0c9a11",
+        "urn:example:billing",
+    )
     assert parsed.replyto == "billing:case-results"
     assert parsed.time.isoformat() == "2026-11-28T10:15:00+00:00"
     assert parsed.data.update().body() == {
