@@ -122,7 +122,9 @@ class EventApplier:
         try:
             return self._attempt(job, event, ek, held, newest, superseded)
         except ThalamusError as error:
-            return self._failed(job, event, ek, held, error)
+            # The failed call (GET or PUT) was this attempt: it spends the budget (_attempt's own
+            # count was lost with its exception), unless decide() gives it back.
+            return self._failed(replace(job, attempts=job.attempts + 1), event, ek, held, error)
 
     def _attempt(
         self,
