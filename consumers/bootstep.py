@@ -12,18 +12,22 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
-from consumers.intake import Accepted, Intake, IntakeConfig
 from settings import Settings, load_settings
-from tasks.outcomes import Streams
+
+if TYPE_CHECKING:
+    # Imported where used: consumers.intake imports tasks, whose app imports this module, so a
+    # program that imports consumers.intake first would find it half-initialised.
+    from consumers.intake import Accepted, Intake, IntakeConfig
 
 log = logging.getLogger("casesync.intake")
 
 
 def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
+    from consumers.intake import IntakeConfig
     from tasks.runtime import limits_of
 
     return IntakeConfig(
@@ -69,6 +73,8 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._intake: Intake | None = None
 
     def start(self, worker: Any) -> None:
+        from consumers.intake import Intake
+        from tasks.outcomes import Streams
         from tasks.runtime import redis_client
 
         settings = load_settings()
