@@ -12,21 +12,26 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from celery import bootsteps
 
-from consumers.intake import Accepted, Intake, IntakeConfig
 from settings import Settings, load_settings
 from tasks import metrics
 from tasks.outcomes import Streams
 from thalamus.client import build_http_client
 
+if TYPE_CHECKING:
+    # Imported where used: consumers.intake imports tasks, whose app imports this module, so a
+    # program that imports consumers.intake first would find it half-initialised.
+    from consumers.intake import Accepted, Intake, IntakeConfig
+
 log = logging.getLogger("casesync.intake")
 
 
 def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
+    from consumers.intake import IntakeConfig
     from tasks.runtime import limits_of
 
     return IntakeConfig(
@@ -73,6 +78,7 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._http: httpx.Client | None = None
 
     def start(self, worker: Any) -> None:
+        from consumers.intake import Intake
         from tasks.runtime import breaker_of, redis_client, thalamus_client
 
         settings = load_settings()

@@ -7,6 +7,7 @@ Pure code: a stream entry's fields go in, a :class:`CaseChangeEvent` or an :clas
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -30,6 +32,9 @@ INVALID_EVENT = "invalidEvent"
 CODE_REQUIRED = "CodeRequired"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+# RFC 3339 date-time (section 5.6; its note allows a space for the T); the offset is required.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,14 @@ class CaseChangeEvent(BaseModel):
     datacontenttype: str | None = None
     replyto: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     data: CaseChange
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_is_rfc3339(cls, value: object) -> object:
+        # pydantic alone would also take Unix times and times without seconds.
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            raise ValueError(f"{value!r} is not an RFC 3339 time such as 2026-11-28T10:15:00Z")
+        return value
 
     @model_validator(mode="after")
     def _subject_names_the_case(self) -> CaseChangeEvent:
@@ -203,10 +216,11 @@ def _check_limits(
 
 
 def _reason(exc: ValidationError) -> str:
-    """``CodeRequired`` when a category or type code is missing or empty, else ``invalidEvent``."""
+    """``CodeRequired`` for a missing, null or empty category or type code, else invalidEvent."""
     for error in exc.errors():
         names_a_code = error["loc"] in (("data", "categoryCode"), ("data", "typeCode"))
-        if names_a_code and error["type"] in ("missing", "string_too_short"):
+        absent = error["type"] in ("missing", "string_too_short") or error["input"] is None
+        if names_a_code and absent:
             return CODE_REQUIRED
     return INVALID_EVENT
 

@@ -206,7 +206,7 @@ class Intake:
             log_outcome(_poison_outcome((fields or {}).get("event", ""), f"entry {entry_id}"))
 
     def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
-        """Read until ``stop`` is set; Redis failures are logged and waited out, never fatal."""
+        """Read until ``stop`` is set; failures are logged and waited out, never fatal."""
         next_claim = 0.0
         failures = 0
         while not stop.is_set():
@@ -222,11 +222,14 @@ class Intake:
                 if self.poll() == 0:
                     stop.wait(idle_wait)
                 failures = 0
-            except redis.RedisError as exc:
+            except Exception as exc:
+                # Redis or the broker (enqueue) unreachable, or a bug: the entries stay pending and
+                # are read again. The thread must outlive it, or this node stops taking events.
                 failures += 1
                 self._own_pending_first = True
                 wait = min(10.0, 0.1 * 2**failures)
-                log.warning("intake: Redis error (%s); retrying in %.1f s", exc, wait)
+                unexpected = not isinstance(exc, redis.RedisError)
+                log.warning("intake: %r; retrying in %.1f s", exc, wait, exc_info=unexpected)
                 stop.wait(wait)
 
     def leave(self) -> None:

@@ -169,7 +169,9 @@ class EventApplier:
     ) -> Case | None:
         """One GET serves all three needs: a lost answer, a partial caseData, a superseded event."""
         data = event.data
-        needs = held.outcome_unknown or data.caseData is not None or (superseded and data.comments)
+        needs = held.outcome_unknown or (
+            bool(data.comments) if superseded else data.caseData is not None
+        )
         return self._thalamus.get_case(event.case_id) if needs else None
 
     def _failed(

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fakeredis
 import pytest
 import redis
 
@@ -43,6 +44,29 @@ def db(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]
     monkeypatch.setenv("COLUMNS", "250")
     yield client
     client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[redis.Redis]:
+    """A fakeredis client over a server of its own (Lua scripts included)."""
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "valkey"])
+def any_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """The same test on fakeredis and on a real server, so fakeredis' fidelity is checked too."""
+    if request.param == "fakeredis":
+        yield request.getfixturevalue("fake_redis")
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def case_event(
