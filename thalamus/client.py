@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Protocol
 
 import httpx
@@ -76,10 +77,15 @@ def build_http_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
+    # The session lives in the SessionCache only. httpx's own cookie jar would keep the last
+    # Set-Cookie and send it on every request without a Cookie header, the login included, so a
+    # "fresh" login would carry the refused session (PartyAlreadyLoggedin); it stores nothing.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx.Client(
         base_url=base_url,
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
         limits=limits,
+        cookies=no_cookies,
         transport=transport,
     )
 
@@ -220,7 +226,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    # isdigit() alone takes "²" (a latin-1 byte from a broken proxy), which float() refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
