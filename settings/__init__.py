@@ -165,9 +165,18 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Port of a worker's Prometheus metrics; 0 = off."
     )
 
-    @field_validator("thalamus_url", "secrets_dir", mode="before")
+    @field_validator(
+        "thalamus_url",
+        "thalamus_touchpoint",
+        "thalamus_token",
+        "thalamus_principal",
+        "thalamus_password",
+        "secrets_dir",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
+        # Compose files write CASESYNC_X=${X:-}: blank is unset, so a secret file still counts.
         return None if value == "" else value
 
     @model_validator(mode="after")

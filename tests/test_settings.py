@@ -133,6 +133,21 @@ def test_a_blank_thalamus_url_or_secrets_dir_means_none(
     assert settings.thalamus_token is None
 
 
+def test_a_blank_token_leaves_the_secret_file_in_charge(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "thalamus_token").write_text("from-file", encoding="utf-8")
+    monkeypatch.setenv("CASESYNC_SECRETS_DIR", str(tmp_path))
+    for name in ("TOUCHPOINT", "TOKEN", "PRINCIPAL", "PASSWORD"):
+        monkeypatch.setenv(f"CASESYNC_THALAMUS_{name}", "")
+    settings = load_settings()
+    assert settings.thalamus_token is not None
+    assert settings.thalamus_token.get_secret_value() == "from-file"
+    assert settings.thalamus_touchpoint is None
+    assert settings.thalamus_principal is None
+    assert settings.thalamus_password is None
+
+
 # --- secrets -----------------------------------------------------------------------------------
 
 
