@@ -8,11 +8,11 @@ nowhere else. The HTTP client is passed in (its transport too), so tests use
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import threading
 import time
 from collections.abc import Callable
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Protocol
 
 import httpx
@@ -80,7 +80,9 @@ def build_http_client(
     # The session lives in the SessionCache only. httpx's own cookie jar would keep the last
     # Set-Cookie and send it on every request without a Cookie header, the login included, so a
     # "fresh" login would carry the refused session (PartyAlreadyLoggedin); it stores nothing.
-    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    no_cookies = http.cookiejar.CookieJar(
+        policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    )
     return httpx.Client(
         base_url=base_url,
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
