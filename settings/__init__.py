@@ -171,9 +171,18 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Port of a worker's Prometheus metrics; 0 = off."
     )
 
-    @field_validator("thalamus_url", mode="before")
+    @field_validator(
+        "thalamus_url",
+        "thalamus_touchpoint",
+        "thalamus_token",
+        "thalamus_principal",
+        "thalamus_password",
+        "secrets_dir",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
+        # Compose files write CASESYNC_X=${X:-}: blank is unset, so a secret file still counts.
         return None if value == "" else value
 
     @model_validator(mode="after")
@@ -219,11 +228,16 @@ class Settings(BaseSettings):
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for logs and ``casesync config``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:**********@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:**********@{host}")
+    # redis-py also takes the password as a query parameter: redis://host/0?password=...
+    query = "&".join(
+        "password=**********" if pair.split("=", 1)[0].lower() == "password" else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=query))
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -8,6 +8,7 @@ nowhere else. The HTTP client is passed in (its transport too), so tests use
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import threading
 import time
@@ -86,10 +87,17 @@ def build_http_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
+    # The session lives in the SessionCache only. httpx's own cookie jar would keep the last
+    # Set-Cookie and send it on every request without a Cookie header, the login included, so a
+    # "fresh" login would carry the refused session (PartyAlreadyLoggedin); it stores nothing.
+    no_cookies = http.cookiejar.CookieJar(
+        policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    )
     return httpx.Client(
         base_url=base_url,
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
         limits=limits,
+        cookies=no_cookies,
         transport=transport,
     )
 
@@ -243,7 +251,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    # isdigit() alone takes "²" (a latin-1 byte from a broken proxy), which float() refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
