@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cli.main import build_parser
 from thalamus.simulator.options import config_from_args
 
@@ -52,3 +54,9 @@ def test_an_empty_touchpoint_turns_the_credential_check_off() -> None:
     args = build_parser().parse_args(["simulator", "--touchpoint", "", "--token", ""])
     config = config_from_args(args)
     assert (config.touchpoint, config.token) == (None, None)
+
+
+def test_a_bad_fault_rate_names_its_flag() -> None:
+    args = build_parser().parse_args(["simulator", "--drop-rate", "2"])
+    with pytest.raises(ValueError, match="--drop-rate"):
+        config_from_args(args)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
 from thalamus.simulator.config import (
     DEFAULT_PASSWORD,
     DEFAULT_PRINCIPAL,
@@ -65,7 +68,11 @@ def _add_auth_arguments(group: argparse._ArgumentGroup) -> None:
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """The start-up configuration the flags describe; raises ValueError for bad fault rates."""
     fault_names = [name for name in FaultSettings.model_fields if hasattr(args, name)]
-    faults = FaultSettings.model_validate({name: getattr(args, name) for name in fault_names})
+    try:
+        faults = FaultSettings.model_validate({name: getattr(args, name) for name in fault_names})
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        raise ValueError(f"bad fault flags: {problems}") from None
     return SimulatorConfig(
         catalogue=args.catalogue,
         faults=faults,
@@ -78,3 +85,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         session_ttl=args.session_ttl,
         record_size=args.record_size,
     )
+
+
+def _problem(error: ErrorDetails) -> str:
+    flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if flag == "--" else f"{flag}: {message}"
