@@ -102,6 +102,7 @@ def _environment(stack: contextlib.ExitStack[Any], console: Console) -> dict[str
 
 
 def _start_simulator(stack: contextlib.ExitStack[Any]) -> dict[str, str]:
+    from thalamus.simulator.config import DEFAULT_TOKEN, DEFAULT_TOUCHPOINT
     from thalamus.simulator.process import running_simulator
 
     simulator = stack.enter_context(running_simulator())
@@ -109,8 +110,8 @@ def _start_simulator(stack: contextlib.ExitStack[Any]) -> dict[str, str]:
     simulator.admin.script(FAILING_CASE, [{"status": 503}] * 20)
     return {
         "CASESYNC_THALAMUS_URL": simulator.url,
-        "CASESYNC_THALAMUS_TOUCHPOINT": simulator.touchpoint,
-        "CASESYNC_THALAMUS_TOKEN": simulator.token,
+        "CASESYNC_THALAMUS_TOUCHPOINT": DEFAULT_TOUCHPOINT,
+        "CASESYNC_THALAMUS_TOKEN": DEFAULT_TOKEN,
     }
 
 

@@ -3,7 +3,6 @@ nothing it adds crashes intake or the applier."""
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -19,11 +18,10 @@ from tasks.guards import Guards
 from tasks.outcomes import Streams
 from tasks.retry_policy import RetryPolicy
 from tests.conftest import case_event
+from tests.fake_thalamus import FakeThalamus
 from thalamus.client import ThalamusClient
-from thalamus.simulator.catalogue import apply_update, load_catalogue, validate_update
 
 STREAMS = Streams("results", "dead-letter", 10_000, "casesync")
-CATALOGUE = load_catalogue()
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -51,24 +49,9 @@ def mutated_events(draw: st.DrawFn) -> str:
 
 
 def _fake_thalamus() -> httpx.MockTransport:
-    cases = copy.deepcopy(CATALOGUE.seeded_cases())
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        case_id = int(request.url.path.rsplit("/", 1)[1])
-        case = cases.get(case_id)
-        if request.method == "GET":
-            if case is None:
-                return httpx.Response(400, json={"errors": {"caseInstanceId": "invalidId"}})
-            return httpx.Response(200, json=case)
-        body = json.loads(request.content)
-        errors = validate_update(CATALOGUE, case, body)
-        if errors:
-            return httpx.Response(400, json={"errors": errors})
-        assert case is not None
-        apply_update(CATALOGUE, case, body, next_comment_id=1, now_ms=0, author="t")
-        return httpx.Response(201, json={"case": case})
-
-    return httpx.MockTransport(handle)
+    fake = FakeThalamus()
+    fake.add_case(7, caseData={"amount": 0.0, "refundApproved": False})
+    return fake.transport
 
 
 def _run(entries: list[dict[str, str | bytes]]) -> tuple[fakeredis.FakeRedis, int]:

@@ -7,6 +7,7 @@ is stopped when the test ends, and its log is shown when the test fails.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ import redis
 from cli import processes
 from cli.publish_cmd import publish
 from tests.conftest import DEAD_LETTER, EVENTS, RESULTS
+from thalamus.simulator.config import DEFAULT_TOUCHPOINT
 from thalamus.simulator.process import RunningSimulator, running_simulator
 
 #: Quick retries and a short visibility time-out, so fault tests take seconds.
@@ -35,9 +37,13 @@ FAST_SETTINGS = {
 }
 
 
+#: A token no other string could be mistaken for, so a test can look for it in logs and streams.
+TOKEN = f"tok-{secrets.token_hex(12)}"
+
+
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[RunningSimulator]:
-    with running_simulator() as running:
+    with running_simulator("--token", TOKEN) as running:
         yield running
 
 
@@ -57,8 +63,8 @@ class Pipeline:
             **FAST_SETTINGS,
             "CASESYNC_REDIS_URL": self.redis_url,
             "CASESYNC_THALAMUS_URL": self.simulator.url,
-            "CASESYNC_THALAMUS_TOUCHPOINT": self.simulator.touchpoint,
-            "CASESYNC_THALAMUS_TOKEN": self.simulator.token,
+            "CASESYNC_THALAMUS_TOUCHPOINT": DEFAULT_TOUCHPOINT,
+            "CASESYNC_THALAMUS_TOKEN": TOKEN,
             **overrides,
         }
 
@@ -100,6 +106,11 @@ class Pipeline:
                 return
             time.sleep(0.1)
         raise AssertionError(f"condition not met within {timeout} s")
+
+    def case(self, case_id: int) -> dict[str, Any]:
+        """A case as the simulator holds it, every comment included."""
+        found: dict[str, Any] = self.simulator.admin.case(case_id)["case"]
+        return found
 
     def worker_logs(self) -> str:
         return "\n".join(

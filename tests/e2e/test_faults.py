@@ -53,7 +53,7 @@ def _assert_each_once(pipeline: Pipeline, events: list[dict[str, Any]]) -> None:
     assert max(per_event.values()) == 1, "no event has two outcomes"
     assert pipeline.dead_letters() == []
     for case_id in {e["data"]["caseInstanceId"] for e in events}:
-        case = pipeline.simulator.admin.case(case_id)
+        case = pipeline.case(case_id)
         posted = Counter(c["description"] for c in case["comments"])
         wanted = [
             e["data"]["comments"][0]["description"]
@@ -70,7 +70,7 @@ def _assert_newest_state(pipeline: Pipeline, events: list[dict[str, Any]]) -> No
         if case_id not in newest or event["time"] > newest[case_id]["time"]:
             newest[case_id] = event
     for case_id, event in newest.items():
-        assert pipeline.simulator.admin.case(case_id)["status"] == event["data"]["status"]
+        assert pipeline.case(case_id)["status"] == event["data"]["status"]
 
 
 def test_a_killed_worker_loses_nothing_and_posts_no_comment_twice(pipeline: Pipeline) -> None:
@@ -153,7 +153,7 @@ def test_a_redis_restart_loses_nothing(
 
 
 def test_thalamus_down_pauses_intake_and_dead_letters_nothing(pipeline: Pipeline) -> None:
-    pipeline.simulator.admin.set_faults(rate_503=1.0)
+    pipeline.simulator.admin.set_faults(error_rate_503=1.0)
     events = _comment_events(range(800, 850), 1)
     pipeline.start_worker(CASESYNC_MAX_ATTEMPTS="4", CASESYNC_BREAKER_THRESHOLD="3")
     pipeline.publish(*events)
@@ -162,7 +162,7 @@ def test_thalamus_down_pauses_intake_and_dead_letters_nothing(pipeline: Pipeline
     assert pipeline.dead_letters() == []
     group = pipeline.redis.xinfo_groups("casesync:events")[0]
     assert group["lag"] > 0, "intake stopped taking entries while Thalamus was down"
-    pipeline.simulator.admin.set_faults(rate_503=0.0)
+    pipeline.simulator.admin.set_faults(error_rate_503=0.0)
     pipeline.wait_for_outcomes(len(events), timeout=90)
     assert {o["type"] for o in pipeline.outcomes()} == {"casesync.update.applied"}
     _assert_each_once(pipeline, events)

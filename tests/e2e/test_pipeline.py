@@ -9,19 +9,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import case_event
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import TOKEN, Pipeline
+from thalamus.simulator.record import RecordedRequest
 
 
-def _by_request(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["data"]["requestId"]: o for o in outcomes if o["data"].get("requestId")}
-
-
-def _puts(pipeline: Pipeline, case_id: int) -> list[dict[str, Any]]:
-    return [
-        r
-        for r in pipeline.simulator.admin.requests()
-        if r["method"] == "PUT" and r["path"] == f"/api/v4/cases/{case_id}"
-    ]
+def _puts(pipeline: Pipeline, case_id: int) -> list[RecordedRequest]:
+    return [r for r in pipeline.simulator.admin.requests(case_id) if r["method"] == "PUT"]
 
 
 def test_an_event_is_applied_and_its_outcome_published(pipeline: Pipeline) -> None:
@@ -36,7 +29,7 @@ def test_an_event_is_applied_and_its_outcome_published(pipeline: Pipeline) -> No
     assert outcome["data"]["requestSource"] == "urn:test"
     assert outcome["data"]["httpStatus"] == 201
     assert outcome["data"]["case"]["status"] == "In Progress"
-    case = pipeline.simulator.admin.case(11)
+    case = pipeline.case(11)
     assert [c["description"] for c in case["comments"]][-1:] == ["called back"]
     replies = pipeline.redis.xrange("team:results")
     assert [json.loads(f["event"])["id"] for _, f in replies] == [outcome["id"]]
@@ -44,7 +37,7 @@ def test_an_event_is_applied_and_its_outcome_published(pipeline: Pipeline) -> No
 
 def test_a_partial_case_data_is_completed_from_the_current_case(pipeline: Pipeline) -> None:
     pipeline.start_worker()
-    before = pipeline.simulator.admin.case(12)["caseData"]
+    before = pipeline.case(12)["caseData"]
     pipeline.publish(case_event("e1", 12, caseData={"amount": 99.5}))
     [outcome] = pipeline.wait_for_outcomes(1)
     assert outcome["type"] == "casesync.update.applied"
@@ -71,7 +64,7 @@ def test_a_duplicate_and_an_older_change_are_not_applied_again(pipeline: Pipelin
         "casesync.update.duplicate",
         "casesync.update.superseded",
     ]
-    case = pipeline.simulator.admin.case(13)
+    case = pipeline.case(13)
     assert case["status"] == "Resolved", "the newer change stands"
     descriptions = [c["description"] for c in case["comments"]]
     assert descriptions.count("fixed") == 1
@@ -229,7 +222,7 @@ def test_no_secret_reaches_logs_results_or_dead_letters(pipeline: Pipeline) -> N
         case_event("e1", 20, status="Open"), case_event("e2", 21, status="Frozen"), "bad"
     )
     pipeline.wait_for_outcomes(3, timeout=30)
-    token = pipeline.simulator.token
+    token = TOKEN
     assert token not in json.dumps(pipeline.outcomes())
     assert token not in json.dumps(pipeline.dead_letters())
     assert token not in pipeline.worker_logs()
