@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         description="Redis or Valkey for the Celery broker and the streams "
         "(`redis://`, `rediss://` for TLS, `redis+sentinel://`; a password in the URL works).",
     )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Master name, when `CASESYNC_REDIS_URL` lists sentinels."
+    )
     thalamus_url: AnyHttpUrl | None = Field(
         None, description="Base URL of the Thalamus server (required by `worker`)."
     )

@@ -38,6 +38,8 @@ def create_app(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "unacked_restore_limit": 10_000,
             "socket_timeout": settings.redis_timeout,
+            # Used by kombu only for sentinel:// broker URLs.
+            "master_name": settings.redis_sentinel_master,
             "socket_connect_timeout": settings.redis_timeout,
         },
         broker_connection_retry_on_startup=True,

@@ -11,9 +11,12 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import redis
+from redis.sentinel import Sentinel
 
 from consumers.events import Limits
 from settings import Settings, SettingsError, load_settings
@@ -42,17 +45,47 @@ class Runtime:
 
 
 def redis_client(settings: Settings, *, max_connections: int | None = None) -> redis.Redis:
-    """A Redis client for casesync's own commands, with every call bounded by a time-out."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
+    """A Redis client for casesync's own commands, with every call bounded by a time-out.
+
+    ``redis://`` and ``rediss://`` (TLS) URLs go to one server; ``sentinel://`` URLs, as kombu
+    takes them (``sentinel://:pw@h1:26379;sentinel://:pw@h2:26379/0``), to the master that the
+    sentinels name ``CASESYNC_REDIS_SENTINEL_MASTER``, followed through a fail-over.
+    """
+    options: dict[str, Any] = {
+        "decode_responses": True,
         # Bytes that are not UTF-8 survive the round trip, so a dead letter keeps them unchanged.
-        encoding_errors="surrogateescape",
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
-        max_connections=max_connections,
+        "encoding_errors": "surrogateescape",
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "health_check_interval": 30,
+        "max_connections": max_connections,
+    }
+    if not settings.redis_url.startswith("sentinel://"):
+        return redis.Redis.from_url(settings.redis_url, **options)
+    hosts, password, db = sentinel_parts(settings.redis_url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts,
+        sentinel_kwargs={"password": password, "socket_timeout": settings.redis_timeout},
+        password=password,
     )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, db=db, **options
+    )
+    return master
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
+    """The sentinels, the password and the database of a kombu-style ``sentinel://`` URL."""
+    hosts: list[tuple[str, int]] = []
+    password: str | None = None
+    db = 0
+    for part in url.split(";"):
+        parsed = urlsplit(part.strip())
+        hosts.append((parsed.hostname or "localhost", parsed.port or 26379))
+        password = parsed.password or password
+        if parsed.path.strip("/").isdigit():
+            db = int(parsed.path.strip("/"))
+    return hosts, password, db
 
 
 def thalamus_client(
