@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from settings import Settings
@@ -31,12 +33,7 @@ def test_a_sentinel_url_follows_the_named_master() -> None:
         redis_url="sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380",
         redis_sentinel_master="casesync-master",
     )
-    client = redis_client(settings)
-    pool = client.connection_pool
-    assert pool.service_name == "casesync-master"  # type: ignore[attr-defined]
-    assert [
-        c.connection_pool.connection_kwargs["port"] for c in pool.sentinel_manager.sentinels
-    ] == [  # type: ignore[attr-defined]
-        26379,
-        26380,
-    ]
+    pool: Any = redis_client(settings).connection_pool
+    assert pool.service_name == "casesync-master"
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
