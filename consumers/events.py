@@ -141,6 +141,25 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
             raw=raw,
             partial={},
         )
+    document = _load_object(raw)
+    partial = _identity(document)
+    _check_limits(document, limits, raw, partial)
+    try:
+        return CaseChangeEvent.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidEvent(_reason(exc), _describe(exc), raw=raw, partial=partial) from None
+
+
+def identity(raw: str) -> dict[str, Any]:
+    """What can be read of an event's identity from its JSON text, however broken."""
+    try:
+        return _identity(_load_object(raw))
+    except InvalidEvent:
+        return {}
+
+
+def _load_object(raw: str) -> dict[str, Any]:
+    """The event's JSON object, or :class:`InvalidEvent` saying why the text is not one."""
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
@@ -160,27 +179,7 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
             raw=raw,
             partial={},
         )
-    partial = _identity(document)
-    _check_limits(document, limits, raw, partial)
-    try:
-        return CaseChangeEvent.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidEvent(_reason(exc), _describe(exc), raw=raw, partial=partial) from None
-
-
-def identity(raw: str) -> dict[str, Any]:
-    """What can be read of an event's identity from its JSON text, however broken."""
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEvent(
-            INVALID_EVENT, "the event is not valid UTF-8 text", raw=raw, partial={}
-        ) from None
-    try:
-        document = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        return {}
-    return _identity(document) if isinstance(document, dict) else {}
+    return document
 
 
 def _identity(document: dict[str, Any]) -> dict[str, Any]:
