@@ -4,7 +4,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
 .PHONY: run test lint typecheck pytest bench clean
