@@ -8,10 +8,28 @@ from collections.abc import Sequence
 
 import redis
 
-from cli import config_cmd, demo_cmd, dlq_cmd, publish_cmd, simulator_cmd, status_cmd, worker_cmd
+from cli import (
+    bench_cmd,
+    config_cmd,
+    demo_cmd,
+    dlq_cmd,
+    publish_cmd,
+    simulator_cmd,
+    status_cmd,
+    worker_cmd,
+)
 from settings import SettingsError
 
-COMMANDS = (config_cmd, worker_cmd, publish_cmd, status_cmd, dlq_cmd, demo_cmd, simulator_cmd)
+COMMANDS = (
+    config_cmd,
+    worker_cmd,
+    publish_cmd,
+    status_cmd,
+    dlq_cmd,
+    demo_cmd,
+    simulator_cmd,
+    bench_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

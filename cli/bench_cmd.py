@@ -1,0 +1,76 @@
+"""``casesync bench``: the pipeline measured side by side with a bare httpx loop and a plain
+stream consumer, against the simulator and an embedded Redis (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JSON = Path("bench/results/latest.json")
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench", help="measure the pipeline beside its baselines (events/s, CPU, latency)"
+    )
+    parser.add_argument("--events", type=int, help="events per measurement (default 2000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="50 events, 0 ms only, no paced or two-worker run"
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the JSON goes")
+    parser.add_argument("--latencies", default="0,100", help="API latencies in ms, comma-separated")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrency of each side")
+    parser.add_argument(
+        "--pools",
+        default="",
+        help="pools to measure besides threads: prefork, gevent (if installed), comma-separated",
+    )
+    parser.add_argument("--prefork-processes", type=int, default=8, help="prefork's processes")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
+    parser.set_defaults(run=run)
+
+
+def options_of(args: argparse.Namespace) -> Any:
+    from bench.suite import Options
+
+    latencies = tuple(float(item) for item in args.latencies.split(",") if item.strip())
+    if args.quick:
+        latencies = (0.0,)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    return Options(
+        events=args.events or (50 if args.quick else 2000),
+        latencies=latencies,
+        concurrency=args.concurrency,
+        pools=tuple(item.strip() for item in args.pools.split(",") if item.strip()),
+        prefork_processes=args.prefork_processes,
+        derived=not args.quick,
+        logs=args.logs,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from bench import report
+    from bench.scenarios import BenchError
+    from bench.suite import run_suite
+
+    # Wide enough for every column, also when the output goes to a file or a pipe.
+    console = Console(width=max(160, Console().width))
+    options = options_of(args)
+    try:
+        measurements = run_suite(options, console.print)
+    except BenchError as exc:
+        console.print(f"[red]casesync bench: {exc}[/red]")
+        return 1
+    high = max(options.latencies)
+    found = report.targets(measurements, options.concurrency, high)
+    report.print_report(console, measurements, found)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
+    report.write_json(args.json, measurements, found, settings)
+    console.print(f"JSON written to {args.json}")
+    return 0
