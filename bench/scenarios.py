@@ -25,6 +25,7 @@ from bench.measure import (
 )
 from bench.workload import Harness, make_events, match_outcomes
 from cli import processes
+from thalamus.simulator.config import DEFAULT_TOKEN, DEFAULT_TOUCHPOINT
 from thalamus.simulator.process import RunningSimulator
 
 EVENTS = "casesync:events"
@@ -102,7 +103,7 @@ class Child:
 @contextlib.contextmanager
 def child(bed: Bed, name: str, *args: str) -> Iterator[Child]:
     argv = [sys.executable, "-m", "bench.baselines", *args, "--url", bed.simulator.url]
-    argv += ["--concurrency", str(bed.concurrency), "--token", bed.simulator.token]
+    argv += ["--concurrency", str(bed.concurrency), "--token", DEFAULT_TOKEN]
     running = Child(argv, bed.logs / f"{name}.log")
     try:
         yield running
@@ -185,8 +186,8 @@ def worker_env(bed: Bed, run: PipelineRun) -> dict[str, str]:
     return {
         "CASESYNC_REDIS_URL": bed.redis_url,
         "CASESYNC_THALAMUS_URL": bed.simulator.url,
-        "CASESYNC_THALAMUS_TOUCHPOINT": bed.simulator.touchpoint,
-        "CASESYNC_THALAMUS_TOKEN": bed.simulator.token,
+        "CASESYNC_THALAMUS_TOUCHPOINT": DEFAULT_TOUCHPOINT,
+        "CASESYNC_THALAMUS_TOKEN": DEFAULT_TOKEN,
         "CASESYNC_CONCURRENCY": str(run.concurrency),
         "CASESYNC_POOL": "threads" if run.pool == "gevent" else run.pool,
     }
