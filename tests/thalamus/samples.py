@@ -8,7 +8,7 @@ TOUCHPOINT_HEADERS = {"Thalamus-Touchpoint": "REST01", "Thalamus-Token": "sim-to
 
 
 def valid_update(**changes: Any) -> dict[str, Any]:
-    """An update body the default catalogue accepts for cases 1..1000."""
+    """An update body the default catalogue accepts for cases 1..5000."""
     body: dict[str, Any] = {
         "categoryCode": "Reclamo",
         "typeCode": "Telefonico",

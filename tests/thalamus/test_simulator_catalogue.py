@@ -22,7 +22,7 @@ CATALOGUE = load_catalogue()
 
 def test_default_catalogue_seeds_a_thousand_updatable_cases() -> None:
     ids = {case.id for case in CATALOGUE.seed}
-    assert set(range(1, 1001)) <= ids
+    assert set(range(1, 5001)) <= ids
     assert "Servicios" in CATALOGUE.system_nodes
     assert "Reclamo" not in CATALOGUE.system_nodes
 

@@ -89,7 +89,7 @@ def test_a_body_that_is_not_json_is_invalid_json(api: httpx.Client) -> None:
 
 
 def test_getting_an_unknown_case_is_invalid_id(api: httpx.Client) -> None:
-    response = api.get("/api/v4/cases/4242")
+    response = api.get("/api/v4/cases/42424")
     assert response.status_code == 400
     assert response.json() == {"errors": {"caseInstanceId": "invalidId"}}
 
