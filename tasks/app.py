@@ -45,9 +45,10 @@ def create_app(settings: Settings) -> Celery:
             "socket_connect_timeout": settings.redis_timeout,
         },
         broker_connection_retry_on_startup=True,
-        # Flower sees the tasks.
+        # Flower sees the tasks, from the moment a worker receives them: a "sent" event per task
+        # would cost the intake thread about 5% of its time (bench/README.md).
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
     from consumers.bootstep import IntakeStep

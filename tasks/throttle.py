@@ -52,6 +52,11 @@ return 1
 """
 
 
+#: Seconds a worker without a rate cap trusts what Redis last said of the shared pause: a
+#: ``Retry-After`` got by another worker reaches this one within this time.
+PAUSE_CHECK_INTERVAL = 0.1
+
+
 class Throttled(NotSent):
     """The shared pause or rate cap asks for a longer wait than a task should block."""
 
@@ -66,20 +71,24 @@ class Throttle:
         max_rps: float,
         longest_wait: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        pause_check_interval: float = PAUSE_CHECK_INTERVAL,
     ) -> None:
         self._interval_ms = 1000.0 / max_rps if max_rps > 0 else 0.0
         self._longest_wait_ms = longest_wait * 1000
         self._sleep = sleep
+        self._monotonic = monotonic
+        self._pause_check_interval = pause_check_interval
         self._turn = client.register_script(_TURN)
         self._pause = client.register_script(_PAUSE)
+        # Without a cap only the shared pause matters; what Redis said of it is reused for a
+        # moment (pause_check_interval) instead of asking before every call.
+        self._paused_until = 0.0
+        self._next_check = 0.0
 
     def before_call(self) -> None:
         """Block until this call may go; :class:`Throttled` if that is too long to block."""
-        reply: Any = self._turn(
-            keys=[keys.RATE_SCHEDULE, keys.PAUSE_UNTIL],
-            args=[self._interval_ms, self._longest_wait_ms],
-        )
-        wait_ms = float(reply)
+        wait_ms = self._wait_ms()
         if wait_ms > self._longest_wait_ms:
             raise Throttled(
                 f"Thalamus calls are paused or capped for {wait_ms / 1000:.1f} s",
@@ -89,7 +98,22 @@ class Throttle:
             metrics.RATE_LIMIT_WAIT.inc(wait_ms / 1000)
             self._sleep(wait_ms / 1000)
 
+    def _wait_ms(self) -> float:
+        now = self._monotonic()
+        if self._interval_ms == 0 and now < self._next_check:
+            return max(0.0, self._paused_until - now) * 1000
+        reply: Any = self._turn(
+            keys=[keys.RATE_SCHEDULE, keys.PAUSE_UNTIL],
+            args=[self._interval_ms, self._longest_wait_ms],
+        )
+        wait_ms = float(reply)
+        if self._interval_ms == 0:
+            self._paused_until = now + wait_ms / 1000
+            self._next_check = now + self._pause_check_interval
+        return wait_ms
+
     def after_call(self, status: int | None, retry_after: float | None) -> None:
         """A ``Retry-After`` from Thalamus pauses every worker's calls until then."""
         if retry_after is not None and retry_after > 0:
             self._pause(keys=[keys.PAUSE_UNTIL], args=[retry_after])
+            self._paused_until = max(self._paused_until, self._monotonic() + retry_after)

@@ -146,3 +146,25 @@ def test_a_refused_session_is_replaced_not_reused(server: fakeredis.FakeServer) 
     cache.renew(None, lambda: "JSESSIONID=old")
     assert cache.renew("JSESSIONID=old", lambda: "JSESSIONID=new") == "JSESSIONID=new"
     assert RedisSessionCache(client(server)).current() == "JSESSIONID=new"
+
+
+def test_without_a_cap_a_pause_reaches_other_workers_within_the_check_interval(
+    server: fakeredis.FakeServer,
+) -> None:
+    now = [100.0]
+    waits: list[float] = []
+    other = Throttle(
+        client(server),
+        max_rps=0,
+        longest_wait=5,
+        sleep=waits.append,
+        monotonic=lambda: now[0],
+        pause_check_interval=0.1,
+    )
+    other.before_call()  # nothing paused: asks Redis, then trusts that for 0.1 s
+    Throttle(client(server), max_rps=0).after_call(429, 2)
+    other.before_call()
+    assert waits == [], "within the interval the answer is reused, not asked again"
+    now[0] += 0.1
+    other.before_call()
+    assert waits == [pytest.approx(2, abs=0.1)]
