@@ -178,6 +178,7 @@ def test_when_enqueueing_fails_nothing_is_acknowledged_or_dead_lettered(
     assert queue.items == []
     assert pending(any_redis) == 2
     assert dead_letters(any_redis) == []
+    assert outcomes(any_redis) == []
 
 
 def test_entries_left_pending_by_a_crash_are_read_first_when_the_consumer_restarts(
@@ -216,9 +217,12 @@ def test_intake_reads_at_most_a_batch_at_a_time(
     intake = make_intake(batch=2, backlog=100)
     publish(any_redis, *(event(f"e{n}") for n in range(5)))
 
+    # The first poll finds no pending entries of its own and reads new ones at once.
     assert intake.poll() == 2
     assert intake.poll() == 2
     assert intake.poll() == 1
+    assert intake.poll() == 0
+    assert queue.ids == [f"e{n}" for n in range(5)]
 
 
 def test_entries_idle_on_a_dead_consumer_are_reclaimed_and_enqueued(

@@ -14,8 +14,18 @@ import httpx
 import pytest
 import redis
 
-from tasks.apply import LOCK_RETRY_DELAY, EventApplier, Finished, Job, Result, RetryLater
-from tasks.guards import EventKeys, Guards
+from settings import keys
+from tasks import outcomes as outcomes_module
+from tasks.apply import (
+    CLOCK_MARGIN_MS,
+    LOCK_RETRY_DELAY,
+    EventApplier,
+    Finished,
+    Job,
+    Result,
+    RetryLater,
+)
+from tasks.guards import EventKeys, Guards, Held
 from tasks.outcomes import iso_time
 from tasks.retry_policy import RetryPolicy
 from tests.fake_thalamus import FakeThalamus
@@ -415,13 +425,14 @@ def test_a_case_locked_by_another_worker_is_retried_soon_without_spending_budget
     applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
 ) -> None:
     other = Guards(fake_redis, lock_ttl=30.0, ledger_ttl=3600.0, done_ttl=3600)
-    assert other.acquire(EventKeys.of(SOURCE, "another", CASE, "9-0"), "other-worker") is not None
+    locked = other.acquire(EventKeys.of(SOURCE, "another", CASE, "9-0"), "other-worker")
+    assert isinstance(locked, Held), locked
     job = Job(event(), "1-0", attempts=2, first_attempt_at=1.0)
 
     later = retry_later(applier.apply(job))
 
-    # Jittered, so waiting workers do not all come back at once.
-    assert LOCK_RETRY_DELAY <= later.delay <= 2 * LOCK_RETRY_DELAY
+    # Jittered so that waiting workers do not all come back at once.
+    assert LOCK_RETRY_DELAY <= later.delay < 2 * LOCK_RETRY_DELAY
     assert later.job == job
     assert thalamus.requests == []
     assert outcomes_on(fake_redis) == []
@@ -475,10 +486,8 @@ def kill_mid_put(
     """A worker took the lock, sent the PUT (which ``landed`` or not) and was killed."""
     document = json.loads(raw)
     ek = EventKeys.of(document["source"], document["id"], CASE, "9-9")
-    assert (
-        Guards(fake_redis, lock_ttl=30.0, ledger_ttl=3600.0, done_ttl=3600).acquire(ek, "killed")
-        is not None
-    )
+    guards = Guards(fake_redis, lock_ttl=30.0, ledger_ttl=3600.0, done_ttl=3600)
+    assert isinstance(guards.acquire(ek, "killed"), Held)
     fake_redis.delete(ek.lock)  # its lock expired
     if landed:
         for comment in document["data"].get("comments", []):
@@ -582,3 +591,109 @@ def test_no_token_appears_in_outcomes_or_dead_letters(
     assert len(dead_letters(fake_redis)) == 2
     assert TOKEN not in text
     assert "SECRET" not in text
+
+
+def test_an_entry_delivered_again_after_its_outcome_ends_without_a_second_outcome(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
+) -> None:
+    raw = event(comments=[{"description": "once"}])
+    finished(applier.apply(Job(raw, "1-0")))
+    calls = len(thalamus.requests)
+
+    again = finished(applier.apply(Job(raw, "1-0")))
+
+    assert again.outcome is None
+    assert len(thalamus.requests) == calls
+    assert thalamus.comments(CASE) == ["once"]
+    assert [outcome["type"] for outcome in outcomes_on(fake_redis)] == ["casesync.update.applied"]
+    assert fake_redis.keys("casesync:lock:*") == []
+
+
+def test_an_open_breaker_holds_the_event_without_a_call_or_spending_budget(
+    make_applier: MakeApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
+) -> None:
+    applier = make_applier(breaker_wait=4.5)
+    fake_redis.set(keys.BREAKER_OPEN, "5 calls in a row failed")
+    job = Job(event(), "1-0", attempts=2, first_attempt_at=1.0)
+
+    later = retry_later(applier.apply(job))
+
+    assert later.delay == 4.5
+    assert later.job == job
+    assert thalamus.requests == []
+    assert outcomes_on(fake_redis) == []
+    assert fake_redis.keys("casesync:lock:*") == []
+
+
+def test_a_failed_call_counts_as_one_attempt(
+    applier: EventApplier, thalamus: FakeThalamus, clock: Clock
+) -> None:
+    thalamus.fail("GET", status=503)
+
+    later = retry_later(applier.apply(Job(event(caseData={"amount": 1.0}), "1-0", attempts=1)))
+
+    assert later.job.attempts == 2
+    assert [request.method for request in thalamus.requests] == ["GET"]
+
+
+def test_a_lost_answer_is_not_taken_for_landed_by_an_older_comment_of_the_same_text(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis, clock: Clock
+) -> None:
+    seconds, micros = fake_redis.time()
+    long_ago = seconds * 1000 + micros // 1000 - CLOCK_MARGIN_MS - 60_000
+    thalamus.cases[CASE]["comments"].append(
+        {"id": 50, "description": "only once", "creationDate": long_ago}
+    )
+    thalamus.fail("PUT", raises=httpx.ReadTimeout)  # did not land
+    job = Job(event(comments=[{"description": "only once"}]), "1-0")
+
+    result = run_to_end(applier, job, clock)
+
+    assert result.outcome.type == "casesync.update.applied"
+    assert [request.method for request in thalamus.requests] == ["PUT", "GET", "PUT"]
+    assert thalamus.comments(CASE) == ["only once", "only once"]
+
+
+def test_a_lost_answer_is_recognised_by_comment_text_wherever_the_comment_sits(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis, clock: Clock
+) -> None:
+    thalamus.fail("PUT", raises=httpx.ReadTimeout, after_apply=True)
+    job = Job(event(comments=[{"description": "a"}, {"description": "b"}]), "1-0")
+    later = retry_later(applier.apply(job))
+    # Others commented in the meantime; the event's own comments are no longer the last ones.
+    thalamus.cases[CASE]["comments"].insert(0, {"id": 40, "description": "before"})
+    thalamus.cases[CASE]["comments"].append({"id": 41, "description": "after"})
+
+    result = finished(applier.apply(later.job))
+
+    assert result.outcome.type == "casesync.update.applied"
+    assert [request.method for request in thalamus.requests] == ["PUT", "GET"]
+    assert thalamus.comments(CASE) == ["before", "a", "b", "after"]
+
+
+def test_a_redis_error_while_finishing_releases_the_lock_and_keeps_the_mark(
+    applier: EventApplier,
+    thalamus: FakeThalamus,
+    fake_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raw = event(comments=[{"description": "only once"}])
+    ek = EventKeys.of(SOURCE, "e1", CASE, "1-0")
+
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(outcomes_module, "add_outcome", unreachable)
+        with pytest.raises(redis.ConnectionError):
+            applier.apply(Job(raw, "1-0"))
+
+    assert fake_redis.exists(ek.lock, ek.entry_done, ek.ledger) == 0
+    # Kept as it was when the attempt began: no death counted, the result unknown.
+    assert str(fake_redis.get(ek.mark)).startswith("0:")
+    assert outcomes_on(fake_redis) == []
+    # The redelivered task reads the case, finds the update landed and does not send it again.
+    result = finished(applier.apply(Job(raw, "1-0")))
+    assert result.outcome.type == "casesync.update.applied"
+    assert [request.method for request in thalamus.requests] == ["PUT", "GET"]
+    assert thalamus.comments(CASE) == ["only once"]

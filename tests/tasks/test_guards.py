@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import time
 
 import pytest
 import redis
 
+from settings import keys as redis_keys
 from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
 
 LEDGER_TTL = 3600.0
@@ -20,12 +20,19 @@ def guards(any_redis: redis.Redis) -> Guards:
     return Guards(any_redis, lock_ttl=30.0, ledger_ttl=LEDGER_TTL, done_ttl=3600)
 
 
-_entries = itertools.count(1)
+def keys(event_id: str = "e1", case_id: int = 7, entry_id: str = "1-0") -> EventKeys:
+    """An event's keys; a new ``entry_id`` is another delivery of it (a duplicate)."""
+    return EventKeys.of("urn:test", event_id, case_id, entry_id)
 
 
-def keys(event_id: str = "e1", case_id: int = 7) -> EventKeys:
-    """The keys of an event as carried by a new stream entry (each call a new entry)."""
-    return EventKeys.of("urn:test", event_id, case_id, f"{next(_entries)}-0")
+def held(outcome: Held | Busy | Done) -> Held:
+    assert isinstance(outcome, Held), outcome
+    return outcome
+
+
+def busy(outcome: Held | Busy | Done) -> Busy:
+    assert isinstance(outcome, Busy), outcome
+    return outcome
 
 
 def finish(
@@ -35,67 +42,103 @@ def finish(
     token: str,
     **options: object,
 ) -> None:
-    """End an attempt; by default without marking its entry done, so the same keys can be taken
-    again (the entry-done marker has a test of its own)."""
-    options.setdefault("outcome_written", False)
     pipe = client.pipeline(transaction=True)
     guards.add_finish(pipe, ek, token, **options)  # type: ignore[arg-type]
     pipe.execute()
 
 
 def test_a_case_lock_excludes_a_second_holder_even_for_another_event(guards: Guards) -> None:
-    assert isinstance(guards.acquire(keys("e1"), "first"), Held)
+    held(guards.acquire(keys("e1"), "first"))
 
-    assert isinstance(guards.acquire(keys("e2"), "second"), Busy)
-    assert isinstance(guards.acquire(keys("e1"), "again"), Busy)
+    assert busy(guards.acquire(keys("e2"), "second")).breaker is False
+    assert busy(guards.acquire(keys("e1"), "again")).breaker is False
 
 
 def test_locks_of_different_cases_are_independent(guards: Guards) -> None:
-    assert isinstance(guards.acquire(keys(case_id=1), "a"), Held)
-    assert isinstance(guards.acquire(keys(case_id=2), "b"), Held)
+    held(guards.acquire(keys(case_id=1), "a"))
+    held(guards.acquire(keys(case_id=2), "b"))
 
 
 def test_a_lock_whose_holder_died_expires(any_redis: redis.Redis) -> None:
     guards = Guards(any_redis, lock_ttl=0.05, ledger_ttl=LEDGER_TTL, done_ttl=3600)
-    assert isinstance(guards.acquire(keys(), "dead"), Held)
-    assert isinstance(guards.acquire(keys(), "waiting"), Busy)
+    held(guards.acquire(keys(), "dead"))
+    busy(guards.acquire(keys(), "waiting"))
 
     time.sleep(0.12)
 
-    assert isinstance(guards.acquire(keys(), "waiting"), Held)
+    held(guards.acquire(keys(), "waiting"))
 
 
 def test_the_lock_is_released_only_by_its_holder(any_redis: redis.Redis, guards: Guards) -> None:
     ek = keys()
-    assert isinstance(guards.acquire(ek, "holder"), Held)
+    held(guards.acquire(ek, "holder"))
 
-    finish(any_redis, guards, ek, "intruder")
-    assert isinstance(guards.acquire(ek, "other"), Busy)
+    finish(any_redis, guards, ek, "intruder", outcome_written=False)
+    busy(guards.acquire(ek, "other"))
 
-    finish(any_redis, guards, ek, "holder")
-    assert isinstance(guards.acquire(ek, "other"), Held)
+    finish(any_redis, guards, ek, "holder", outcome_written=False)
+    held(guards.acquire(ek, "other"))
 
 
 def test_a_fresh_event_has_no_ledger_order_key_or_mark(guards: Guards) -> None:
-    held = guards.acquire(keys(), "t")
+    fresh = held(guards.acquire(keys(), "t"))
 
-    assert isinstance(held, Held)
-    assert (held.ledger, held.newest, held.mark) == ("", "", "")
-    assert held.outcome_unknown is False
-    assert held.deaths == 0
+    assert (fresh.ledger, fresh.newest, fresh.mark) == ("", "", "")
+    assert fresh.outcome_unknown is False
+    assert fresh.deaths == 0
+
+
+def test_an_open_breaker_makes_the_attempt_wait_without_taking_the_lock(
+    any_redis: redis.Redis, guards: Guards
+) -> None:
+    any_redis.set(redis_keys.BREAKER_OPEN, "5 calls in a row failed")
+    ek = keys()
+
+    waiting = busy(guards.acquire(ek, "t"))
+
+    assert waiting.breaker is True
+    assert "5 calls in a row failed" in waiting.why
+    assert any_redis.exists(ek.lock, ek.mark) == 0
+    any_redis.delete(redis_keys.BREAKER_OPEN)
+    assert held(guards.acquire(ek, "u")).mark == ""
+
+
+def test_an_entry_whose_outcome_is_written_is_done_for_done_ttl(
+    any_redis: redis.Redis, guards: Guards
+) -> None:
+    ek = keys()
+    held(guards.acquire(ek, "t"))
+    finish(any_redis, guards, ek, "t", ledger_value="casesync.update.applied")
+
+    assert guards.acquire(ek, "redelivered") == Done()
+
+    assert 3600 - 5 < any_redis.ttl(ek.entry_done) <= 3600
+    # Done neither takes the case's lock nor marks an attempt.
+    assert any_redis.exists(ek.lock, ek.mark) == 0
+    held(guards.acquire(keys("e2", entry_id="2-0"), "next"))
+
+
+def test_an_attempt_released_without_an_outcome_leaves_its_entry_open(
+    any_redis: redis.Redis, guards: Guards
+) -> None:
+    ek = keys()
+    held(guards.acquire(ek, "t"))
+    finish(any_redis, guards, ek, "t", outcome_written=False)
+
+    held(guards.acquire(ek, "retry"))
+    assert any_redis.exists(ek.entry_done) == 0
 
 
 def test_the_ledger_remembers_the_outcome_for_ledger_ttl(
     any_redis: redis.Redis, guards: Guards
 ) -> None:
     ek = keys()
-    guards.acquire(ek, "t")
+    held(guards.acquire(ek, "t"))
     finish(any_redis, guards, ek, "t", ledger_value="casesync.update.applied")
 
-    held = guards.acquire(ek, "u")
+    again = held(guards.acquire(keys(entry_id="2-0"), "u"))
 
-    assert isinstance(held, Held)
-    assert held.ledger == "casesync.update.applied"
+    assert again.ledger == "casesync.update.applied"
     assert LEDGER_TTL - 5 < any_redis.ttl(ek.ledger) <= LEDGER_TTL
 
 
@@ -103,40 +146,37 @@ def test_finishing_without_a_ledger_value_leaves_no_ledger(
     any_redis: redis.Redis, guards: Guards
 ) -> None:
     ek = keys()
-    guards.acquire(ek, "t")
+    held(guards.acquire(ek, "t"))
     finish(any_redis, guards, ek, "t")
 
-    held = guards.acquire(ek, "u")
+    again = held(guards.acquire(keys(entry_id="2-0"), "u"))
 
-    assert isinstance(held, Held)
-    assert held.ledger == ""
+    assert again.ledger == ""
 
 
 def test_the_order_key_only_moves_forward(any_redis: redis.Redis, guards: Guards) -> None:
     newer, older = order_key(T0, "5-0"), order_key(T0 - dt.timedelta(seconds=1), "9-0")
-    for event_id, key in (("newer", newer), ("older", older)):
-        ek = keys(event_id)
-        assert isinstance(guards.acquire(ek, event_id), Held)
+    for event_id, key, entry_id in (("newer", newer, "5-0"), ("older", older, "9-0")):
+        ek = keys(event_id, entry_id=entry_id)
+        held(guards.acquire(ek, event_id))
         finish(any_redis, guards, ek, event_id, newest=key)
 
-    held = guards.acquire(keys("third"), "x")
+    third = held(guards.acquire(keys("third", entry_id="10-0"), "x"))
 
-    assert isinstance(held, Held)
-    assert held.newest == newer
+    assert third.newest == newer
     assert any_redis.ttl(keys().newest) > LEDGER_TTL - 5
 
 
 def test_an_empty_order_key_leaves_the_recorded_one(any_redis: redis.Redis, guards: Guards) -> None:
-    ek = keys()
-    guards.acquire(ek, "t")
-    finish(any_redis, guards, ek, "t", newest=order_key(T0, "1-0"))
-    guards.acquire(ek, "u")
-    finish(any_redis, guards, ek, "u", newest="")
+    first, second = keys(entry_id="1-0"), keys(entry_id="2-0")
+    held(guards.acquire(first, "t"))
+    finish(any_redis, guards, first, "t", newest=order_key(T0, "1-0"))
+    held(guards.acquire(second, "u"))
+    finish(any_redis, guards, second, "u", newest="")
 
-    held = guards.acquire(ek, "v")
+    third = held(guards.acquire(keys(entry_id="3-0"), "v"))
 
-    assert isinstance(held, Held)
-    assert held.newest == order_key(T0, "1-0")
+    assert third.newest == order_key(T0, "1-0")
 
 
 def test_an_attempt_cut_off_by_a_dying_worker_leaves_a_mark_that_counts_deaths(
@@ -146,76 +186,83 @@ def test_an_attempt_cut_off_by_a_dying_worker_leaves_a_mark_that_counts_deaths(
     guards = Guards(any_redis, lock_ttl=0.02, ledger_ttl=LEDGER_TTL, done_ttl=3600)
     ek = keys()
     seen = []
+    began = set()
     for n in range(4):
-        held = guards.acquire(ek, f"worker-{n}")
-        assert isinstance(held, Held)
-        seen.append((held.outcome_unknown, held.deaths))
+        attempt = held(guards.acquire(ek, f"worker-{n}"))
+        seen.append((attempt.outcome_unknown, attempt.deaths))
+        began.add(attempt.since_ms)
         time.sleep(0.06)
 
     assert seen == [(False, 0), (True, 1), (True, 2), (True, 3)]
+    # Every death keeps when the first attempt of unknown result began.
+    assert len(began) == 1
+    assert any_redis.get(ek.mark) == f"4:{began.pop()}"
+    assert LEDGER_TTL - 5 < any_redis.ttl(ek.mark) <= LEDGER_TTL
+
+
+def test_an_attempt_marks_itself_with_when_it_began_on_the_redis_clock(
+    any_redis: redis.Redis, guards: Guards
+) -> None:
+    ek = keys()
+    seconds, micros = any_redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+
+    attempt = held(guards.acquire(ek, "t"))
+
+    assert now_ms - 1000 <= attempt.since_ms <= now_ms + 1000
+    assert any_redis.get(ek.mark) == f"1:{attempt.since_ms}"
     assert LEDGER_TTL - 5 < any_redis.ttl(ek.mark) <= LEDGER_TTL
 
 
 def test_a_finished_attempt_clears_the_mark(any_redis: redis.Redis, guards: Guards) -> None:
     ek = keys()
-    guards.acquire(ek, "t")
+    held(guards.acquire(ek, "t"))
     finish(any_redis, guards, ek, "t")
 
-    held = guards.acquire(ek, "u")
-
-    assert isinstance(held, Held)
-    assert held.outcome_unknown is False
+    assert any_redis.exists(ek.mark) == 0
+    again = held(guards.acquire(keys(entry_id="2-0"), "u"))
+    assert again.outcome_unknown is False
 
 
 def test_a_lost_answer_keeps_the_mark_so_the_next_attempt_reads_the_case_first(
     any_redis: redis.Redis, guards: Guards
 ) -> None:
     ek = keys()
-    first = guards.acquire(ek, "t")
-    assert isinstance(first, Held)
-    finish(any_redis, guards, ek, "t", unknown_after=first)
+    first = held(guards.acquire(ek, "t"))
+    finish(any_redis, guards, ek, "t", unknown_after=first, outcome_written=False)
 
-    held = guards.acquire(ek, "u")
+    assert any_redis.get(ek.mark) == f"0:{first.since_ms}"
+    retry = held(guards.acquire(ek, "u"))
 
-    assert isinstance(held, Held)
-    assert held.outcome_unknown is True
-    assert held.deaths == 0, "a lost answer is not a dead worker"
-    assert held.since_ms == first.since_ms, "the read-back looks from the first attempt on"
+    assert retry.outcome_unknown is True
+    assert retry.deaths == 0
+    assert retry.since_ms == first.since_ms
+    assert retry.mark == f"0:{first.since_ms}"
+
+
+def test_a_lost_answer_keeps_the_deaths_counted_before_it(any_redis: redis.Redis) -> None:
+    guards = Guards(any_redis, lock_ttl=0.02, ledger_ttl=LEDGER_TTL, done_ttl=3600)
+    ek = keys()
+    held(guards.acquire(ek, "killed"))
+    time.sleep(0.06)
+    second = held(guards.acquire(ek, "t"))
+    finish(any_redis, guards, ek, "t", unknown_after=second, outcome_written=False)
+
+    retry = held(guards.acquire(ek, "u"))
+
+    assert (retry.deaths, retry.since_ms) == (1, second.since_ms)
 
 
 def test_the_marks_of_different_events_of_one_case_are_separate(
     any_redis: redis.Redis, guards: Guards
 ) -> None:
-    first = guards.acquire(keys("e1"), "t")
-    assert isinstance(first, Held)
-    finish(any_redis, guards, keys("e1"), "t", unknown_after=first)
+    first = held(guards.acquire(keys("e1"), "t"))
+    finish(any_redis, guards, keys("e1"), "t", unknown_after=first, outcome_written=False)
+    assert any_redis.exists(keys("e1").mark) == 1
 
-    held = guards.acquire(keys("e2"), "u")
+    other = held(guards.acquire(keys("e2", entry_id="2-0"), "u"))
 
-    assert isinstance(held, Held)
-    assert held.mark == ""
-
-
-def test_an_entry_whose_outcome_is_written_is_done_when_delivered_again(
-    any_redis: redis.Redis, guards: Guards
-) -> None:
-    ek = keys()
-    guards.acquire(ek, "t")
-    finish(any_redis, guards, ek, "t", outcome_written=True, ledger_value="applied")
-
-    assert isinstance(guards.acquire(ek, "redelivered"), Done)
-    assert isinstance(guards.acquire(keys(), "a duplicate, another entry"), Held)
-
-
-def test_an_open_breaker_holds_every_attempt(any_redis: redis.Redis, guards: Guards) -> None:
-    any_redis.set("casesync:breaker:open", "5 calls in a row failed")
-
-    busy = guards.acquire(keys(), "t")
-
-    assert isinstance(busy, Busy)
-    assert busy.breaker is True
-    assert "5 calls in a row failed" in busy.why
-    assert any_redis.get(keys().lock) is None, "no lock is taken while the breaker is open"
+    assert other.mark == ""
 
 
 def test_event_keys_of_different_source_id_pairs_never_collide() -> None:
