@@ -106,7 +106,7 @@ def test_dropped_redis_connections_lose_nothing(pipeline: Pipeline) -> None:
 @pytest.fixture
 def restartable_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """An embedded server with its append-only file on, and a way to restart it in place."""
-    port = _free_port()
+    port = processes.free_port()
     data = tmp_path / "redis-data"
     stack = ExitStack()
 
@@ -119,14 +119,6 @@ def restartable_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
         yield f"redis://127.0.0.1:{port}/0", restart
     finally:
         stack.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_redis_restart_loses_nothing(

@@ -6,8 +6,10 @@ import json
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 
+from cli.processes import free_port
 from tests.conftest import case_event
 from tests.e2e.conftest import TOKEN, Pipeline
 from thalamus.simulator.record import RecordedRequest
@@ -253,3 +255,20 @@ def test_an_entry_delivered_too_often_is_dead_lettered_as_poison(pipeline: Pipel
     assert pipeline.simulator.admin.requests() == []
     [letter] = pipeline.dead_letters()
     assert "CASESYNC_MAX_DELIVERIES" in letter["detail"]
+
+
+def test_a_worker_serves_metrics_and_writes_json_outcome_lines(pipeline: Pipeline) -> None:
+    port = free_port()
+    pipeline.start_worker(CASESYNC_METRICS_PORT=str(port), CASESYNC_LOG_JSON="true")
+    pipeline.publish(case_event("m1", 24, status="Open"), case_event("m2", 25, status="Frozen"))
+    pipeline.wait_for_outcomes(2)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'casesync_outcomes_total{reason="",type="applied"} 1.0' in metrics
+    assert 'casesync_dead_letters_total{reason="InvalidName"} 1.0' in metrics
+    assert 'casesync_api_calls_total{status="201"} 1.0' in metrics
+    assert "casesync_api_latency_seconds_count" in metrics
+    lines = [json.loads(line) for line in pipeline.worker_logs().splitlines() if line[:1] == "{"]
+    outcomes = {line["event_id"]: line for line in lines if "outcome" in line}
+    assert outcomes["m1"]["case_id"] == 24
+    assert outcomes["m2"]["reason"] == "InvalidName"
+    assert outcomes["m2"]["attempts"] == 1
