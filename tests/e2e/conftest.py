@@ -32,6 +32,10 @@ FAST_SETTINGS = {
     "CASESYNC_MAX_ATTEMPTS": "4",
     "CASESYNC_CLAIM_IDLE": "2",
     "CASESYNC_BREAKER_PROBE_INTERVAL": "0.5",
+    # A lock left by an update cut off mid-way (Redis restarted under it) frees its case soon;
+    # it still outlasts any call, whose read time-out is shorter.
+    "CASESYNC_CASE_LOCK_TTL": "5",
+    "CASESYNC_READ_TIMEOUT": "4",
     "CASESYNC_CONCURRENCY": "16",
     "CASESYNC_LOG_LEVEL": "INFO",
 }

@@ -21,7 +21,8 @@ from cli import processes
 from tests.conftest import case_event
 from tests.e2e.conftest import Pipeline
 
-pytestmark = pytest.mark.slow
+# Slow: real processes and deliberate outages; each may take a few minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _stamp(second: int) -> str:
@@ -134,13 +135,14 @@ def test_a_redis_restart_loses_nothing(
     )
     pipeline.simulator.admin.set_faults(latency_ms=5)
     events = _comment_events(range(600, 700), 3)
-    own.start_worker()
+    worker = own.start_worker()
     own.publish(*events)
     own.wait_until(lambda: len(own.outcomes()) > 20, timeout=60)
     restart()
     own.wait_for_outcomes(len(events), timeout=120)
     time.sleep(1)
     _assert_each_once(own, events)
+    processes.stop_process(worker)  # while its Redis is still there
     own.redis.close()
 
 
