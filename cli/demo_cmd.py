@@ -30,7 +30,19 @@ from cli.publish_cmd import publish
 from consumers.events import identity
 from settings import load_settings
 
-SAMPLE_EVENTS = Path(__file__).resolve().parent.parent / "examples" / "events.jsonl"
+#: The sample events: beside the source in a checkout, or in the working folder of an installed
+#: copy (the Docker image keeps the repository in /app).
+SAMPLE_EVENTS = next(
+    (
+        path
+        for path in (
+            Path(__file__).resolve().parent.parent / "examples" / "events.jsonl",
+            Path("examples") / "events.jsonl",
+        )
+        if path.is_file()
+    ),
+    Path("examples") / "events.jsonl",
+)
 WAVE_TIMEOUT = 90.0
 
 #: With the simulator, the demo makes two cases fail on purpose: one recovers, one never does.
@@ -68,7 +80,12 @@ class Seen:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    lines = [line.strip() for line in args.events.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = args.events.read_text(encoding="utf-8")
+    except OSError as exc:
+        console.print(f"casesync demo: cannot read the events: {exc}")
+        return 2
+    lines = [line.strip() for line in text.splitlines()]
     lines = _unique_per_run([line for line in lines if line])
     with contextlib.ExitStack() as stack:
         env = _environment(stack, console)
