@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Reject, Retry
@@ -44,16 +44,28 @@ def update_case(
         log.exception("event %s of case %s could not be handled; will retry", event_id, case_id)
         delay = backoff(infra_failures + 1, _INFRA_POLICY)
         kwargs = {**self.request.kwargs, "infra_failures": infra_failures + 1}
-        try:
-            raise self.retry(countdown=delay, kwargs=kwargs, exc=exc)
-        except Retry:
-            raise
-        except Exception:
-            raise Reject(exc, requeue=True) from exc
+        _retry_or_give_back(self, delay, kwargs, exc)
     if isinstance(result, RetryLater):
-        kwargs = _retry_kwargs(self.request.kwargs, result)
-        raise self.retry(countdown=result.delay, kwargs=kwargs)
+        _retry_or_give_back(self, result.delay, _retry_kwargs(self.request.kwargs, result))
     return result.outcome.type if result.outcome else "already-done"
+
+
+def _retry_or_give_back(
+    task: Task, delay: float, kwargs: dict[str, Any], exc: Exception | None = None
+) -> NoReturn:
+    """Queue the retry; if the broker cannot take it, give the message back instead.
+
+    A failed ``retry`` would otherwise fail the task, and a failed task is acknowledged: the
+    event would be lost. Given back, it is delivered again (at once, or once Redis is reachable
+    and the visibility time-out has passed).
+    """
+    try:
+        raise task.retry(countdown=delay, kwargs=kwargs, exc=exc)
+    except Retry:
+        raise
+    except Exception as error:
+        log.warning("could not queue a retry (%s); giving the task back", error)
+        raise Reject(error, requeue=True) from error
 
 
 def _retry_kwargs(current: dict[str, Any], later: RetryLater) -> dict[str, Any]:
