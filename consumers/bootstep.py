@@ -43,6 +43,9 @@ def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
         backlog=settings.effective_backlog,
         max_deliveries=settings.max_deliveries,
         claim_idle=settings.claim_idle,
+        # Past the visibility time-out, a task that has not touched its entry is not merely
+        # waiting to be given back by a dead worker: its message is gone.
+        lost_after=settings.visibility_timeout,
         limits=limits_of(settings),
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
+from settings import keys
 from tasks import outcomes
 from tasks.apply import log_outcome
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
@@ -25,6 +26,16 @@ from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 log = logging.getLogger("casesync.intake")
 
 POISON_EVENT = "poisonEvent"
+
+# KEYS: in-flight set. ARGV: cutoff ms, now ms, most. Takes the entries silent since before the
+# cutoff and marks them alive now, in one step, so two workers never hand on the same entry.
+_CLAIM_STALE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return ids
+"""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class IntakeConfig:
     block_ms: int = 1000
     max_deliveries: int = 5
     claim_idle: float = 60.0
+    #: Seconds an in-flight entry's task may stay silent before its entry is handed on again.
+    lost_after: float = 3600.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -76,6 +89,7 @@ class Intake:
         self._clock = clock
         # After a start or an error, this consumer's own pending entries are read first.
         self._own_pending_first = True
+        self._claim_stale = client.register_script(_CLAIM_STALE)
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -144,6 +158,8 @@ class Intake:
             self._enqueue(accepted)
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
+        if accepted:
+            pipe.zadd(keys.INFLIGHT, {item.entry_id: int(now * 1000) for item in accepted})
         for entry_id, problem in invalid:
             record = DeadLetterRecord(problem.raw, None, entry_id)
             outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
@@ -152,6 +168,33 @@ class Intake:
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
         return len(entries)
+
+    def recover_lost(self) -> int:
+        """Hand on again the entries whose task went silent (its message lost by the broker)."""
+        now = self._clock()
+        reply: Any = self._claim_stale(
+            keys=[keys.INFLIGHT],
+            args=[int((now - self._config.lost_after) * 1000), int(now * 1000), self._config.batch],
+        )
+        entry_ids = [str(entry_id) for entry_id in reply]
+        if not entry_ids:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xrange(self._config.stream, entry_id, entry_id)
+        accepted: list[Accepted] = []
+        for entry_id, found in zip(entry_ids, pipe.execute(), strict=True):
+            fields = found[0][1] if found else None
+            try:
+                event = parse_entry(fields or {}, self._config.limits)
+            except InvalidEvent:
+                self._redis.zrem(keys.INFLIGHT, entry_id)  # trimmed away: nothing to hand on
+                continue
+            accepted.append(Accepted(entry_id, fields["event"], event))  # type: ignore[index]
+        if accepted:
+            self._enqueue(accepted)
+            log.warning("handed on again %d entries whose task went silent", len(accepted))
+        return len(accepted)
 
     def reclaim(self) -> int:
         """Claim entries idle on dead consumers; dead-letter those delivered too often."""
@@ -217,6 +260,7 @@ class Intake:
                 if self._clock() >= next_claim:
                     self.ensure_group()
                     self.reclaim()
+                    self.recover_lost()
                     self._report_lag(self.lag())
                     next_claim = self._clock() + self._config.claim_idle / 2
                 if self.poll() == 0:

@@ -17,6 +17,11 @@ CASE_NEWEST = f"{PREFIX}:newest:case"
 #: Stream entries whose outcome is written: a task redelivered after its worker died between the
 #: outcome and the acknowledgement finds its entry here and ends without a second outcome.
 ENTRY_DONE = f"{PREFIX}:entry-done"
+#: Entries handed to an update task whose outcome is not written yet, scored by when a task last
+#: showed it was alive (epoch ms). A safety net for task messages the broker loses (kombu pops a
+#: message before it records it as unacknowledged): intake hands on again an entry that stays
+#: silent longer than the visibility time-out.
+INFLIGHT = f"{PREFIX}:inflight"
 #: Set before a PUT, deleted when its outcome is known: present at the start of an attempt means
 #: the previous attempt's result is unknown (worker killed, answer lost) and the case must be read.
 ATTEMPT_MARK = f"{PREFIX}:attempt"

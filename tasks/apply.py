@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
+from settings import keys
 from tasks import metrics, outcomes
 from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
 from tasks.outcomes import DeadLetterRecord, Outcome, Streams
@@ -248,6 +249,8 @@ class EventApplier:
         outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
         if ek is not None and held is not None:
             self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
+        else:
+            pipe.zrem(keys.INFLIGHT, job.entry_id)
         pipe.execute()
         log_outcome(outcome)
         return Finished(outcome)

@@ -14,6 +14,7 @@ queued into the outcome's MULTI so the outcome, the ledger and the order key cha
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,9 @@ from redis.client import Pipeline
 
 from settings import keys
 
-# KEYS: lock, ledger, newest, mark, breaker, entry-done. ARGV: token, lock ttl ms, mark ttl s.
+# KEYS: lock, ledger, newest, mark, breaker, entry-done, inflight.
+# ARGV: token, lock ttl ms, mark ttl s, entry id, now ms (the in-flight entry is touched, so a
+# task that waits for a busy case or an open breaker is not taken for lost).
 # Returns {'done'} when the entry's outcome is already written, {'breaker', reason} while the
 # breaker is open, nil when another holder has the lock.
 # Else marks the attempt as "deaths:since" (since: epoch ms when the first attempt whose result
@@ -32,6 +35,7 @@ _ACQUIRE = """
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return {'done'}
 end
+redis.call('ZADD', KEYS[7], 'XX', ARGV[5], ARGV[4])
 local breaker = redis.call('GET', KEYS[5])
 if breaker then
   return {'breaker', breaker}
@@ -84,6 +88,7 @@ class EventKeys:
     newest: str
     mark: str
     entry_done: str
+    entry_id: str
 
     @classmethod
     def of(cls, source: str, event_id: str, case_id: int, entry_id: str) -> EventKeys:
@@ -93,6 +98,7 @@ class EventKeys:
             newest=keys.case_key(keys.CASE_NEWEST, case_id),
             mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
             entry_done=f"{keys.ENTRY_DONE}:{entry_id}",
+            entry_id=entry_id,
         )
 
 
@@ -148,8 +154,16 @@ class Guards:
     def acquire(self, ek: EventKeys, token: str) -> Held | Busy | Done:
         """Take the case's lock and read the event's state, unless the case or Thalamus is busy."""
         reply: Any = self._acquire(
-            keys=[ek.lock, ek.ledger, ek.newest, ek.mark, keys.BREAKER_OPEN, ek.entry_done],
-            args=[token, self._lock_ttl_ms, self._ledger_ttl],
+            keys=[
+                ek.lock,
+                ek.ledger,
+                ek.newest,
+                ek.mark,
+                keys.BREAKER_OPEN,
+                ek.entry_done,
+                keys.INFLIGHT,
+            ],
+            args=[token, self._lock_ttl_ms, self._ledger_ttl, ek.entry_id, _now_ms()],
         )
         if not reply:
             return Busy("another worker is updating this case")
@@ -179,6 +193,9 @@ class Guards:
         """
         if outcome_written:
             pipe.set(ek.entry_done, "1", ex=self._done_ttl)
+            pipe.zrem(keys.INFLIGHT, ek.entry_id)
+        else:
+            pipe.zadd(keys.INFLIGHT, {ek.entry_id: _now_ms()}, xx=True)
         if ledger_value is not None:
             pipe.set(ek.ledger, ledger_value, ex=self._ledger_ttl)
         if unknown_after is None:
@@ -189,6 +206,10 @@ class Guards:
         self._release(
             keys=[ek.lock, ek.newest], args=[token, newest, self._ledger_ttl], client=pipe
         )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _text(item: Any) -> str:

@@ -374,3 +374,23 @@ def test_a_consumer_leaving_with_nothing_pending_is_removed_from_the_group(
 
     consumers: Any = any_redis.xinfo_consumers(EVENTS, GROUP)
     assert consumers == []
+
+
+def test_an_entry_whose_task_went_silent_is_handed_on_again_once(
+    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+) -> None:
+    # The broker lost the task message (kombu pops it before recording it as unacknowledged):
+    # nothing ever touches the entry again, and no outcome is written.
+    first = make_intake("one", lost_after=0.05)
+    second = make_intake("two", lost_after=0.05)
+    publish(any_redis, event("e1"), event("e2"))
+    first.poll()
+    assert queue.ids == ["e1", "e2"]
+    any_redis.zrem("casesync:inflight", queue.items[1].entry_id)  # e2's outcome was written
+
+    assert first.recover_lost() == 0, "not silent long enough yet"
+    time.sleep(0.1)
+    assert first.recover_lost() + second.recover_lost() == 1, "handed on by one worker only"
+
+    assert queue.ids == ["e1", "e2", "e1"]
+    assert pending(any_redis) == 0
