@@ -25,10 +25,6 @@ INFLIGHT = f"{PREFIX}:inflight"
 #: Set before a PUT, deleted when its outcome is known: present at the start of an attempt means
 #: the previous attempt's result is unknown (worker killed, answer lost) and the case must be read.
 ATTEMPT_MARK = f"{PREFIX}:attempt"
-#: Deliveries of one event to an update task, to catch an event that keeps killing workers.
-DELIVERIES = f"{PREFIX}:deliveries"
-#: Field kinds learnt per case type: the set of caseData fields the API expects.
-TYPE_FIELDS = f"{PREFIX}:type-fields"
 
 
 def event_key(prefix: str, source: str, event_id: str) -> str:
