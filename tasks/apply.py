@@ -128,7 +128,7 @@ class EventApplier:
 
     def _apply_held(self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held) -> Result:
         if held.ledger:
-            return self._finish(job, event, ek, held, _outcome(event, outcomes.DUPLICATE, job))
+            return self._finish(ek, held, _outcome(event, outcomes.DUPLICATE, job))
         if held.deaths >= self._max_deliveries:
             detail = (
                 f"the update was cut off {held.deaths} times by its worker dying "
@@ -161,7 +161,7 @@ class EventApplier:
         plan = _plan(event, current, superseded)
         if plan.update is None:
             outcome = _outcome(event, plan.outcome_type, job)
-            return self._finish(job, event, ek, held, outcome, ledger=True)
+            return self._finish(ek, held, outcome, ledger=True)
         case = self._thalamus.update_case(event.case_id, plan.update)
         return self._finish_applied(job, event, ek, held, plan.outcome_type, case, newest)
 
@@ -212,12 +212,10 @@ class EventApplier:
         newest: str,
     ) -> Result:
         outcome = _outcome(event, kind, job, http_status=201, case=case.model_dump(mode="json"))
-        return self._finish(job, event, ek, held, outcome, ledger=True, newest=newest)
+        return self._finish(ek, held, outcome, ledger=True, newest=newest)
 
     def _finish(
         self,
-        job: Job,
-        event: CaseChangeEvent,
         ek: EventKeys,
         held: Held,
         outcome: Outcome,
