@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from settings import Settings
+from tasks.broker import use_fixed_transport
 from tasks.observability import prepare_metrics_dir
 
 TASK_NAME = "casesync.update_case"
@@ -13,6 +14,7 @@ TASK_NAME = "casesync.update_case"
 def create_app(settings: Settings) -> Celery:
     """A Celery app whose broker is casesync's Redis; its worker also runs the stream intake."""
     prepare_metrics_dir(settings.metrics_port)
+    use_fixed_transport()
     app = Celery("casesync", broker=settings.redis_url, include=["tasks.update_case"])
     app.conf.update(
         # Only JSON crosses Redis: a pickled message is refused, never loaded.
