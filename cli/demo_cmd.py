@@ -27,7 +27,7 @@ from rich.table import Table
 
 from cli import processes
 from cli.publish_cmd import publish
-from consumers.events import identity
+from core.events import identity
 from settings import load_settings
 
 #: The sample events: beside the source in a checkout, or in the working folder of an installed

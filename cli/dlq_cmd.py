@@ -22,9 +22,9 @@ import redis
 from rich.table import Table
 
 from cli.output import console, print_json, shorten
-from consumers import dead_letters, health
-from consumers.dead_letters import DeadLetter, Pacing, Replayed, ReplayTarget, Verdict
-from consumers.stream_ids import is_entry_id
+from ops import dead_letters, health
+from ops.dead_letters import DeadLetter, Pacing, Replayed, ReplayTarget, Verdict
+from ops.stream_ids import is_entry_id
 from settings import Settings, load_settings
 
 DETAIL_WIDTH = 60

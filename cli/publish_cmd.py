@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import redis
 
-from consumers.events import EVENT_FIELD
+from core.events import EVENT_FIELD
 from settings import load_settings
 
 BATCH = 500

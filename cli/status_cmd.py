@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from cli.output import console, print_json
-from consumers.health import Health, Thresholds, Watched, problems, read_health
+from ops.health import Health, Thresholds, Watched, problems, read_health
 from settings import load_settings
 
 

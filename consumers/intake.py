@@ -17,11 +17,11 @@ from typing import Any
 
 import redis
 
-from consumers.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
+from core import outcomes
+from core.apply import log_outcome
+from core.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
+from core.outcomes import DeadLetterRecord, Outcome, Streams
 from settings import keys
-from tasks import outcomes
-from tasks.apply import log_outcome
-from tasks.outcomes import DeadLetterRecord, Outcome, Streams
 
 log = logging.getLogger("casesync.intake")
 

@@ -15,7 +15,7 @@ def create_app(settings: Settings) -> Celery:
     """A Celery app whose broker is casesync's Redis; its worker also runs the stream intake."""
     prepare_metrics_dir(settings.metrics_port)
     use_fixed_transport()
-    app = Celery("casesync", broker=settings.redis_url, include=["tasks.update_case"])
+    app = Celery("casesync", broker=settings.redis_url, include=["tasks.batch"])
     app.conf.update(
         # Only JSON crosses Redis: a pickled message is refused, never loaded.
         task_serializer="json",
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
-    from consumers.bootstep import IntakeStep
+    from tasks.intake_step import IntakeStep
 
     app.steps["worker"].add(IntakeStep)
     return app

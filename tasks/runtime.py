@@ -18,17 +18,17 @@ import httpx
 import redis
 from redis.sentinel import Sentinel
 
-from consumers.events import Limits
+from core.apply import EventApplier
+from core.events import Limits
+from core.guards import Guards
+from core.metrics import ApiCallMetrics
+from core.outcomes import Streams
+from core.retry_policy import RetryPolicy
 from settings import Settings, SettingsError, load_settings
-from tasks.apply import EventApplier
-from tasks.breaker import Breaker
-from tasks.guards import Guards
-from tasks.metrics import ApiCallMetrics
-from tasks.outcomes import Streams
-from tasks.retry_policy import RetryPolicy
-from tasks.session import RedisSessionCache
-from tasks.throttle import Throttle
+from thalamus.breaker import Breaker
 from thalamus.client import CallHooks, SessionCache, ThalamusClient, build_http_client
+from thalamus.session import RedisSessionCache
+from thalamus.throttle import Throttle
 
 
 @dataclass

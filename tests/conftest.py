@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from cli import processes
-from tasks import outcomes
-from tasks.outcomes import DeadLetterRecord, Outcome, Streams
+from core import outcomes
+from core.outcomes import DeadLetterRecord, Outcome, Streams
 
 EVENTS = "casesync:events"
 RESULTS = "casesync:results"

@@ -13,7 +13,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from consumers.intake import Accepted, Intake, IntakeConfig
-from tasks.outcomes import Streams
+from core.outcomes import Streams
 
 STREAMS = Streams(
     results="casesync:results",

@@ -11,12 +11,12 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.events import EVENT_FIELD
 from consumers.intake import Accepted, Intake, IntakeConfig
-from tasks.apply import EventApplier, Finished, Job
-from tasks.guards import Guards
-from tasks.outcomes import Streams
-from tasks.retry_policy import RetryPolicy
+from core.apply import EventApplier, Finished, Job
+from core.events import EVENT_FIELD
+from core.guards import Guards
+from core.outcomes import Streams
+from core.retry_policy import RetryPolicy
 from tests.conftest import case_event
 from tests.fake_thalamus import FakeThalamus
 from thalamus.client import ThalamusClient

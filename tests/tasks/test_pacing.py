@@ -8,9 +8,9 @@ import fakeredis
 import pytest
 
 from settings import keys
-from tasks.breaker import Breaker
-from tasks.session import RedisSessionCache
-from tasks.throttle import Throttle, Throttled
+from thalamus.breaker import Breaker
+from thalamus.session import RedisSessionCache
+from thalamus.throttle import Throttle, Throttled
 
 
 @pytest.fixture

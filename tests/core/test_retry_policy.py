@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.retry_policy import (
+from core.retry_policy import (
     RETRIES_EXHAUSTED,
     DeadLetter,
     Retry,

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from consumers.events import EVENT_FIELD, InvalidEvent, Limits, parse_event
-from consumers.stream_ids import id_after, id_before
+from core.events import EVENT_FIELD, InvalidEvent, Limits, parse_event
+from ops.stream_ids import id_after, id_before
 
 #: Entries read per XRANGE call while scanning the stream.
 PAGE = 500
@@ -49,7 +49,7 @@ return false
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One entry of the dead-letter stream, as written by :func:`tasks.outcomes.add_dead_letter`."""
+    """One entry of the dead-letter stream, as written by :func:`core.outcomes.add_dead_letter`."""
 
     id: str
     event: str

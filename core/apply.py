@@ -19,12 +19,12 @@ from typing import Any
 
 import redis
 
-from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
+from core import metrics, outcomes
+from core.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
+from core.guards import Busy, Done, EventKeys, Guards, Held, order_key
+from core.outcomes import DeadLetterRecord, Outcome, Streams
+from core.retry_policy import DeadLetter, Retry, RetryPolicy, decide
 from settings import keys
-from tasks import metrics, outcomes
-from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
-from tasks.outcomes import DeadLetterRecord, Outcome, Streams
-from tasks.retry_policy import DeadLetter, Retry, RetryPolicy, decide
 from thalamus.client import ThalamusClient
 from thalamus.errors import OutcomeUnknown, SessionExpired, ThalamusError
 from thalamus.models import Case, CaseUpdate, Comment
@@ -75,7 +75,7 @@ class _Plan:
 
 
 class EventApplier:
-    """Carries one event to Thalamus under the guards of :mod:`tasks.guards`."""
+    """Carries one event to Thalamus under the guards of :mod:`core.guards`."""
 
     def __init__(
         self,

@@ -10,11 +10,11 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from consumers.events import Limits
-from tasks.apply import EventApplier
-from tasks.guards import Guards
-from tasks.outcomes import Streams
-from tasks.retry_policy import RetryPolicy
+from core.apply import EventApplier
+from core.events import Limits
+from core.guards import Guards
+from core.outcomes import Streams
+from core.retry_policy import RetryPolicy
 from tests.fake_thalamus import FakeThalamus
 from thalamus.client import ThalamusClient
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from consumers import dead_letters
-from consumers.stream_ids import id_after, id_before
+from ops import dead_letters
+from ops.stream_ids import id_after, id_before
 from tests.conftest import DEAD_LETTER, DeadLetterFactory, case_event
 
 

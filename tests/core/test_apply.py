@@ -14,9 +14,8 @@ import httpx
 import pytest
 import redis
 
-from settings import keys
-from tasks import outcomes as outcomes_module
-from tasks.apply import (
+from core import outcomes as outcomes_module
+from core.apply import (
     CLOCK_MARGIN_MS,
     LOCK_RETRY_DELAY,
     EventApplier,
@@ -25,11 +24,12 @@ from tasks.apply import (
     Result,
     RetryLater,
 )
-from tasks.guards import EventKeys, Guards, Held
-from tasks.outcomes import iso_time
-from tasks.retry_policy import RetryPolicy
+from core.guards import EventKeys, Guards, Held
+from core.outcomes import iso_time
+from core.retry_policy import RetryPolicy
+from settings import keys
 from tests.fake_thalamus import FakeThalamus
-from tests.tasks.conftest import STREAMS, TOKEN, Clock
+from tests.core.conftest import STREAMS, TOKEN, Clock
 
 CASE = 12345
 SOURCE = "urn:example:billing"

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from celery import bootsteps
 
+from core import metrics
+from core.outcomes import Streams
 from settings import Settings, load_settings
-from tasks import metrics
-from tasks.outcomes import Streams
 from thalamus.client import build_http_client
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
 def enqueue_tasks(accepted: Sequence[Accepted]) -> None:
     """Publish one update task per event, over one producer."""
     from tasks import app
-    from tasks.update_case import update_case
+    from tasks.batch import update_case
 
     with app.producer_or_acquire() as producer:
         for item in accepted:

@@ -1,4 +1,4 @@
-"""The Celery task that applies one event; a thin wrapper over :mod:`tasks.apply`."""
+"""The Celery task that applies one event; a thin wrapper over :mod:`core.apply`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from celery.signals import after_setup_logger, worker_process_shutdown, worker_shutdown
 
+from core.apply import Job, RetryLater
+from core.retry_policy import RetryPolicy, backoff
 from settings import load_settings
 from tasks import app
 from tasks.app import TASK_NAME
-from tasks.apply import Job, RetryLater
 from tasks.observability import use_json_logs
-from tasks.retry_policy import RetryPolicy, backoff
 from tasks.runtime import close_runtime, current_runtime
 
 log = logging.getLogger("casesync.task")

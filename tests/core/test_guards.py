@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
+from core.guards import Busy, Done, EventKeys, Guards, Held, order_key
 from settings import keys as redis_keys
-from tasks.guards import Busy, Done, EventKeys, Guards, Held, order_key
 
 LEDGER_TTL = 3600.0
 T0 = dt.datetime(2026, 11, 28, 10, 15, tzinfo=dt.UTC)

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
+from core import metrics
 from settings import keys
-from tasks import metrics
 from thalamus.errors import NotSent
 
 # KEYS: schedule, pause-until. ARGV: interval ms (0 = no cap), longest wait ms.

@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-from consumers.dead_letters import count_by_reason
-from consumers.stream_ids import entry_millis, id_after
+from ops.dead_letters import count_by_reason
+from ops.stream_ids import entry_millis, id_after
 from settings import Settings, keys
 
 #: Celery's Redis transport keeps each message a worker took, until acknowledged, in this hash

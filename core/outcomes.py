@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from consumers.events import InvalidEvent
+from core.events import InvalidEvent
 from settings import Settings
 
 APPLIED = "casesync.update.applied"

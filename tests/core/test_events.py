@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from consumers.events import (
+from core.events import (
     CODE_REQUIRED,
     INVALID_EVENT,
     InvalidEvent,
