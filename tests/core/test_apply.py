@@ -28,8 +28,8 @@ from core.guards import EventKeys, Guards, Held
 from core.outcomes import iso_time
 from core.retry_policy import RetryPolicy
 from settings import keys
-from tests.fake_thalamus import FakeThalamus
 from tests.core.conftest import STREAMS, TOKEN, Clock
+from tests.fake_thalamus import FakeThalamus
 
 CASE = 12345
 SOURCE = "urn:example:billing"
