@@ -21,11 +21,12 @@ def celery_worker_argv(extra: list[str]) -> list[str]:
     settings = load_settings()
     if settings.thalamus_url is None:
         raise SettingsError("invalid setting CASESYNC_THALAMUS_URL: required by the worker")
-    argv = ["worker", "--queues", settings.task_queue, "--task-events"]
+    argv = ["worker", "--queues", settings.task_queue]
     if not any(arg.startswith(("--pool", "-P")) for arg in extra):
         argv += ["--pool", settings.pool]
     if not any(arg.startswith(("--concurrency", "-c")) for arg in extra):
-        argv += ["--concurrency", str(settings.concurrency)]
+        # The pool runs batches; each batch's updates share the process's own threads.
+        argv += ["--concurrency", str(settings.batches)]
     if not any(arg.startswith(("--loglevel", "-l")) for arg in extra):
         argv += ["--loglevel", settings.log_level]
     return argv + extra
@@ -33,7 +34,7 @@ def celery_worker_argv(extra: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     argv = celery_worker_argv(list(args.extra))
-    from tasks import app
+    from tasks.app import create_app
 
-    app.worker_main(argv)
+    create_app(load_settings()).worker_main(argv)
     return 0

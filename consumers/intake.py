@@ -1,9 +1,12 @@
-"""Intake: events stream -> update tasks, through a consumer group.
+"""Intake: events stream and schedule -> batches of jobs, through a consumer group.
 
-Each worker runs one :class:`Intake`. It reads only as many entries as the task queue has room
-for, turns each valid entry into one task, dead-letters an invalid one at once, and acknowledges
-an entry only after its task is safely enqueued or its dead letter written. Entries left pending
-by a consumer that died are claimed by the others; one delivered too often is a poison event.
+Each worker runs one :class:`Intake`. While the task queue has room it first moves what the
+schedule has due (retries, busy cases, leases that ran out) and then reads new entries; each read
+becomes one batch, handed on as one task. An invalid entry is dead-lettered at once. A valid one is
+leased in the schedule in the same MULTI that acknowledges it, before its task is sent, so from
+then on the schedule answers for it: if the task is lost, its lease runs out and it comes back.
+Entries left pending by a consumer that died before that MULTI are claimed by the others; one
+delivered too often is a poison event.
 """
 
 from __future__ import annotations
@@ -18,33 +21,13 @@ from typing import Any
 import redis
 
 from core import outcomes
-from core.apply import log_outcome
-from core.events import CaseChangeEvent, InvalidEvent, Limits, identity, parse_entry
-from core.outcomes import DeadLetterRecord, Outcome, Streams
-from settings import keys
+from core.events import InvalidEvent, Limits, identity, parse_entry
+from core.outcomes import DeadLetterRecord, Outcome, Streams, log_outcome
+from core.schedule import Job, Schedule
 
 log = logging.getLogger("casesync.intake")
 
 POISON_EVENT = "poisonEvent"
-
-# KEYS: in-flight set. ARGV: cutoff ms, now ms, most. Takes the entries silent since before the
-# cutoff and marks them alive now, in one step, so two workers never hand on the same entry.
-_CLAIM_STALE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], ARGV[2], id)
-end
-return ids
-"""
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """A valid entry, ready to become a task."""
-
-    entry_id: str
-    raw: str
-    event: CaseChangeEvent
 
 
 @dataclass(frozen=True)
@@ -54,27 +37,29 @@ class IntakeConfig:
     consumer: str
     queue: str
     batch: int = 100
-    backlog: int = 64
-    block_ms: int = 1000
+    #: Tasks waiting in the queue past which intake takes nothing.
+    backlog: int = 4
+    #: Longest a read waits for new entries; shorter when the schedule has an entry due sooner.
+    block_ms: int = 200
     max_deliveries: int = 5
     claim_idle: float = 60.0
-    #: Seconds an in-flight entry's task may stay silent before its entry is handed on again.
-    lost_after: float = 3600.0
     limits: Limits = field(default_factory=Limits)
 
 
-Enqueue = Callable[[Sequence[Accepted]], None]
+#: Sends one task carrying these jobs (the Celery side passes it in).
+HandOn = Callable[[Sequence[Job]], None]
 
 
 class Intake:
-    """Moves entries from the events stream to the task queue for one consumer."""
+    """Moves entries from the events stream and the schedule to tasks, for one consumer."""
 
     def __init__(
         self,
         client: redis.Redis,
         config: IntakeConfig,
         streams: Streams,
-        enqueue: Enqueue,
+        schedule: Schedule,
+        hand_on: HandOn,
         *,
         paused: Callable[[], bool] = lambda: False,
         report_lag: Callable[[int], None] = lambda lag: None,
@@ -83,13 +68,15 @@ class Intake:
         self._redis = client
         self._config = config
         self._streams = streams
-        self._enqueue = enqueue
+        self._schedule = schedule
+        self._hand_on = hand_on
         self._paused = paused
         self._report_lag = report_lag
         self._clock = clock
         # After a start or an error, this consumer's own pending entries are read first.
         self._own_pending_first = True
-        self._claim_stale = client.register_script(_CLAIM_STALE)
+        #: When the schedule's next entry falls due (epoch s), as its last move said.
+        self._next_due: float | None = None
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -110,22 +97,47 @@ class Intake:
         return 0
 
     def room(self) -> int:
-        """How many entries may be read now without overfilling the task queue."""
+        """How many entries may be taken now: a batch while the task queue has room, else 0."""
         queued = int(self._redis.llen(self._config.queue))
-        return max(0, min(self._config.batch, self._config.backlog - queued))
+        return self._config.batch if queued < self._config.backlog else 0
 
     def poll(self) -> int:
-        """Read and hand on one batch; the number of entries taken (0 when none or no room)."""
+        """Hand on what the schedule has due, then one batch of new entries; how many taken."""
         room = self.room()
         if room == 0:
             return 0
+        moved = self.move_due(room)
+        if moved >= room:
+            return moved
+        room -= moved
         if self._own_pending_first:
             # After a start or an error: entries this consumer read but did not hand on.
             entries = self._read("0", room, block=None)
             self._own_pending_first = len(entries) == room
             if entries:
-                return self.take(entries)
-        return self.take(self._read(">", room, block=self._config.block_ms))
+                return moved + self.take(entries)
+        block = None if moved else self._block_ms()
+        return moved + self.take(self._read(">", room, block=block))
+
+    def move_due(self, most: int) -> int:
+        """Hand on the schedule's due entries: retries, waits, and leases that ran out."""
+        taken = self._schedule.take_due(self._clock(), most)
+        self._next_due = taken.next_due
+        fresh = sorted((job for job in taken.jobs if not job.lost), key=_stream_order)
+        # An entry whose worker died may be what killed it: it goes alone, so it can only
+        # take itself down again, never the events it happened to share a batch with.
+        batches = [[job] for job in taken.jobs if job.lost] + ([fresh] if fresh else [])
+        for batch in batches:
+            self._send(batch)
+        if any(job.lost for job in taken.jobs):
+            log.warning("handed on again %d entries whose lease ran out", len(batches) - 1)
+        return len(taken.jobs)
+
+    def _block_ms(self) -> int:
+        if self._next_due is None:
+            return self._config.block_ms
+        until = int((self._next_due - self._clock()) * 1000)
+        return max(1, min(self._config.block_ms, until))
 
     def _read(
         self, start: str, count: int, block: int | None
@@ -140,26 +152,24 @@ class Intake:
         return list(reply[0][1]) if reply else []
 
     def take(self, entries: Sequence[tuple[str, dict[str, str] | None]]) -> int:
-        """Enqueue the valid entries, dead-letter the others, then acknowledge them all."""
+        """Lease the valid entries and dead-letter the others, acknowledging them all in the
+        same MULTI; then send the leased ones as one task."""
         if not entries:
             return 0
-        accepted: list[Accepted] = []
+        jobs: list[Job] = []
         invalid: list[tuple[str, InvalidEvent]] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending: nothing to apply
                 continue
             try:
-                event = parse_entry(fields, self._config.limits)
+                parse_entry(fields, self._config.limits)
             except InvalidEvent as exc:
                 invalid.append((entry_id, exc))
             else:
-                accepted.append(Accepted(entry_id, fields["event"], event))
-        if accepted:
-            self._enqueue(accepted)
+                jobs.append(Job(entry_id, fields["event"]))
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
-        if accepted:
-            pipe.zadd(keys.INFLIGHT, {item.entry_id: int(now * 1000) for item in accepted})
+        self._schedule.add_leased(pipe, jobs, now)
         for entry_id, problem in invalid:
             record = DeadLetterRecord(problem.raw, None, entry_id)
             outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
@@ -167,34 +177,17 @@ class Intake:
         pipe.execute()
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
+        if jobs:
+            self._send(jobs)
         return len(entries)
 
-    def recover_lost(self) -> int:
-        """Hand on again the entries whose task went silent (its message lost by the broker)."""
-        now = self._clock()
-        reply: Any = self._claim_stale(
-            keys=[keys.INFLIGHT],
-            args=[int((now - self._config.lost_after) * 1000), int(now * 1000), self._config.batch],
-        )
-        entry_ids = [str(entry_id) for entry_id in reply]
-        if not entry_ids:
-            return 0
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in entry_ids:
-            pipe.xrange(self._config.stream, entry_id, entry_id)
-        accepted: list[Accepted] = []
-        for entry_id, found in zip(entry_ids, pipe.execute(), strict=True):
-            fields = found[0][1] if found else None
-            try:
-                event = parse_entry(fields or {}, self._config.limits)
-            except InvalidEvent:
-                self._redis.zrem(keys.INFLIGHT, entry_id)  # trimmed away: nothing to hand on
-                continue
-            accepted.append(Accepted(entry_id, fields["event"], event))  # type: ignore[index]
-        if accepted:
-            self._enqueue(accepted)
-            log.warning("handed on again %d entries whose task went silent", len(accepted))
-        return len(accepted)
+    def _send(self, jobs: list[Job]) -> None:
+        """Send one task; if that fails, make its leased jobs due again at once."""
+        try:
+            self._hand_on(jobs)
+        except Exception:
+            self._schedule.retry_at([job.entry_id for job in jobs], self._clock())
+            raise
 
     def reclaim(self) -> int:
         """Claim entries idle on dead consumers; dead-letter those delivered too often."""
@@ -260,7 +253,6 @@ class Intake:
                 if self._clock() >= next_claim:
                     self.ensure_group()
                     self.reclaim()
-                    self.recover_lost()
                     self._report_lag(self.lag())
                     next_claim = self._clock() + self._config.claim_idle / 2
                 if self.poll() == 0:
@@ -293,6 +285,10 @@ class Intake:
                 )
         except redis.RedisError as exc:
             log.warning("intake: could not leave the consumer group: %s", exc)
+
+
+def _stream_order(job: Job) -> tuple[int, ...]:
+    return tuple(int(part) for part in job.entry_id.split("-") if part.isdigit())
 
 
 def _poison_outcome(raw: str, detail: str) -> Outcome:

@@ -1,30 +1,33 @@
-"""Applying one case-change event to Thalamus: plain code, no Celery.
+"""Applying a batch of case-change events to Thalamus: plain code, no Celery, no stream.
 
-:meth:`EventApplier.apply` takes a :class:`Job` (the event and its retry state) and either writes
-the event's outcome or answers :class:`RetryLater`. Its collaborators (Redis client, Thalamus
-client, clock) are passed in, so a test drives it with fakeredis and ``httpx.MockTransport``.
+:meth:`BatchApplier.apply` takes the jobs of one task. One script call takes the locks of all
+their cases; each case's events then run in stream order, different cases at once on the
+executor passed in; outcomes, dead letters, retries and the guards' state are written as cases
+finish, one MULTI for all that finished together (at most one per ``flush_interval``). Retries
+and waits go back to the schedule in Redis: nothing waits in a worker's memory.
+
+Its collaborators (Redis client, Thalamus client, executor, clock) are passed in, so a test
+drives it with fakeredis or a real server and ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass, field, replace
 
 import redis
 
-from core import metrics, outcomes
+from core import outcomes
 from core.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
-from core.guards import Busy, Done, EventKeys, Guards, Held, order_key
+from core.guards import BreakerOpen, CaseHold, EventKeys, EventState, Guards, lock_key, order_key
 from core.outcomes import DeadLetterRecord, Outcome, Streams
-from core.retry_policy import DeadLetter, Retry, RetryPolicy, decide
-from settings import keys
+from core.retry_policy import DeadLetter, Retry, RetryPolicy, busy_delay, decide
+from core.schedule import Job, LeaseKeeper, Schedule
 from thalamus.client import ThalamusClient
 from thalamus.errors import OutcomeUnknown, SessionExpired, ThalamusError
 from thalamus.models import Case, CaseUpdate, Comment
@@ -36,46 +39,91 @@ POISON_EVENT = "poisonEvent"
 #: How far the clocks of Redis and Thalamus may disagree when comments are matched by time.
 CLOCK_MARGIN_MS = 120_000
 
-#: Wait for a busy case this long at most before handing the event back to the queue.
-LOCK_RETRY_DELAY = 0.05
+
+class _Untouched:
+    """The attempt mark is left as it is: the task did not hold the event's case."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """An event on its way through the update task, with what its retries must remember."""
+UNTOUCHED = _Untouched()
 
-    raw_event: str
-    entry_id: str
-    attempts: int = 0  # attempts that spent the retry budget
-    first_attempt_at: float | None = None
-
-
-@dataclass(frozen=True)
-class RetryLater:
-    delay: float
-    job: Job
+#: After an event: the mark's ``since`` to keep (a result is still unknown), None to clear it.
+MarkAfter = int | None | _Untouched
 
 
 @dataclass(frozen=True)
 class Finished:
-    """The outcome written, or None when an earlier delivery of the entry had written it."""
+    """The event's outcome, written with its ledger entry and order key."""
 
-    outcome: Outcome | None
-
-
-Result = Finished | RetryLater
+    job: Job
+    outcome: Outcome
+    mark: MarkAfter
+    ledger: bool = False
+    newest: str = ""
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """What an attempt sends: ``update`` None means nothing needs sending."""
+class Rescheduled:
+    """The event goes back to the schedule, due after ``delay`` seconds."""
 
-    outcome_type: str
-    update: CaseUpdate | None
+    job: Job
+    delay: float
+    mark: MarkAfter
+    why: str
 
 
-class EventApplier:
-    """Carries one event to Thalamus under the guards of :mod:`core.guards`."""
+@dataclass(frozen=True)
+class AlreadyDone:
+    """An earlier delivery of the entry wrote its outcome: nothing more to write."""
+
+    job: Job
+
+
+EventEnd = Finished | Rescheduled | AlreadyDone
+
+
+@dataclass(frozen=True)
+class _Item:
+    job: Job
+    event: CaseChangeEvent
+    keys: EventKeys
+
+
+@dataclass
+class CaseRun:
+    """One case's events as a task ran them; ``held`` when it had the case's lock."""
+
+    case_id: int
+    held: bool
+    newest: str
+    ends: list[EventEnd]
+    #: The guard keys of each end's event (None for an event that could not be read).
+    keys: Sequence[EventKeys | None]
+
+
+@dataclass
+class BatchReport:
+    """How a batch ended: counts by outcome, and a line per dead-lettered event."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    dead_lettered: list[str] = field(default_factory=list)
+
+    def add(self, end: EventEnd) -> None:
+        if isinstance(end, Rescheduled):
+            self.counts["retrying"] += 1
+        elif isinstance(end, AlreadyDone):
+            self.counts["alreadyDone"] += 1
+        else:
+            outcome = end.outcome
+            self.counts[outcome.type.removeprefix("casesync.update.")] += 1
+            if outcome.type == outcomes.DEADLETTERED:
+                self.dead_lettered.append(
+                    f"{outcome.request_source}/{outcome.request_id} (entry {end.job.entry_id}): "
+                    f"{outcome.reason}: {outcome.detail}"
+                )
+
+
+class BatchApplier:
+    """Carries the events of one task to Thalamus under the guards of :mod:`core.guards`."""
 
     def __init__(
         self,
@@ -83,101 +131,200 @@ class EventApplier:
         redis_client: redis.Redis,
         thalamus: ThalamusClient,
         guards: Guards,
+        schedule: Schedule,
+        keeper: LeaseKeeper,
+        executor: Executor,
         streams: Streams,
         policy: RetryPolicy,
         limits: Limits,
         max_deliveries: int,
+        breaker_tripped: Callable[[], bool] = lambda: False,
         on_session_refused: Callable[[str], None] = lambda reason: None,
-        breaker_wait: float = 5.0,
+        flush_interval: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis_client
         self._thalamus = thalamus
         self._guards = guards
+        self._schedule = schedule
+        self._keeper = keeper
+        self._executor = executor
         self._streams = streams
         self._policy = policy
         self._limits = limits
         self._max_deliveries = max_deliveries
+        self._breaker_tripped = breaker_tripped
         self._on_session_refused = on_session_refused
-        self._breaker_wait = breaker_wait
+        self._flush_interval = flush_interval
         self._clock = clock
 
-    def apply(self, job: Job) -> Result:
+    def apply(self, jobs: Sequence[Job]) -> BatchReport:
+        """Apply ``jobs``; every one ends written: an outcome, or back on the schedule."""
+        report = BatchReport()
+        items, invalid = self._parse(jobs)
+        cases = _by_case(items)
+        token = uuid.uuid4().hex
+        unwritten = {item.job.entry_id for item in items}
+        self._keeper.hold(unwritten)
         try:
-            event = parse_event(job.raw_event, self._limits)
-        except InvalidEvent as invalid:
-            outcome = outcomes.of_invalid(invalid, job.attempts)
-            return self._finish_dead(job, outcome, None, None)
-        ek = EventKeys.of(event.source, event.id, event.case_id, job.entry_id)
-        held = self._guards.acquire(ek, uuid.uuid4().hex)
-        if isinstance(held, Done):
-            log.info("entry %s was delivered again after its outcome; ignored", job.entry_id)
-            return Finished(None)
-        if isinstance(held, Busy):
-            # Waiting for a busy case or for Thalamus to come back does not spend the budget.
-            delay = self._breaker_wait if held.breaker else LOCK_RETRY_DELAY * (1 + random.random())
-            return RetryLater(delay, job)
-        try:
-            return self._apply_held(job, event, ek, held)
-        except redis.RedisError:
-            # The outcome could not be written: give the case back now rather than when the
-            # lock expires, keeping the mark so the next attempt reads the case first.
-            with contextlib.suppress(redis.RedisError):
-                self._release(ek, held, unknown_after=held)
-            raise
-
-    def _apply_held(self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held) -> Result:
-        if held.ledger:
-            return self._finish(ek, held, _outcome(event, outcomes.DUPLICATE, job))
-        if held.deaths >= self._max_deliveries:
-            detail = (
-                f"the update was cut off {held.deaths} times by its worker dying "
-                f"(CASESYNC_MAX_DELIVERIES={self._max_deliveries})"
+            if invalid:
+                self._write([CaseRun(0, False, "", invalid, [None] * len(invalid))], token, report)
+            holds = self._guards.acquire(
+                [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
-            outcome = _outcome(event, outcomes.DEADLETTERED, job, reason=POISON_EVENT)
-            return self._finish_dead(job, replace(outcome, detail=detail), ek, held)
+            for runs in self._run(cases, holds, token):
+                written = self._write(runs, token, report)
+                self._keeper.release(written)
+                unwritten -= written
+        except redis.RedisError:
+            self._give_back(unwritten)
+            raise
+        finally:
+            self._keeper.release(unwritten)
+        return report
+
+    def _parse(self, jobs: Sequence[Job]) -> tuple[list[_Item], list[EventEnd]]:
+        items: list[_Item] = []
+        invalid: list[EventEnd] = []
+        for job in jobs:
+            try:
+                event = parse_event(job.raw_event, self._limits)
+            except InvalidEvent as problem:
+                # Valid at intake, so the limits changed since: it still ends as a dead letter.
+                invalid.append(Finished(job, outcomes.of_invalid(problem, job.attempts), None))
+                continue
+            items.append(_Item(job, event, EventKeys.of(event.source, event.id, job.entry_id)))
+        return items, invalid
+
+    def _run(
+        self,
+        cases: list[tuple[int, list[_Item]]],
+        holds: list[CaseHold] | BreakerOpen,
+        token: str,
+    ) -> Iterator[list[CaseRun]]:
+        """The runs of every case, in groups that finished together."""
+        if isinstance(holds, BreakerOpen):
+            yield [self._wait_for_breaker(case_id, group) for case_id, group in cases]
+            return
+        self._keeper.hold((), [(lock_key(hold.case_id), token) for hold in holds if hold.held])
+        work = list(zip(holds, (group for _, group in cases), strict=True))
+        if len(work) == 1:
+            yield [self._run_case(*work[0])]
+            return
+        yield from _as_they_finish(
+            [self._executor.submit(self._run_case, *each) for each in work],
+            self._flush_interval,
+            self._clock,
+        )
+
+    def _wait_for_breaker(self, case_id: int, group: list[_Item]) -> CaseRun:
+        wait = self._policy.breaker_wait
+        ends: list[EventEnd] = [
+            Rescheduled(item.job, wait, UNTOUCHED, "breaker open") for item in group
+        ]
+        return CaseRun(case_id, False, "", ends, [item.keys for item in group])
+
+    def _run_case(self, hold: CaseHold, group: list[_Item]) -> CaseRun:
+        keys = [item.keys for item in group]
+        if not hold.held:
+            busy = [self._busy(item, state) for item, state in zip(group, hold.events, strict=True)]
+            return CaseRun(hold.case_id, False, "", busy, keys)
+        newest = hold.newest
+        ends: list[EventEnd] = []
+        remembered: set[str] = set()
+        for item, state in zip(group, hold.events, strict=True):
+            if item.keys.ledger in remembered:
+                # The same event twice in one batch: the first one's ledger entry is not
+                # written yet, but it counts.
+                state = replace(state, ledger=outcomes.APPLIED)
+            end = self._run_event(item, state, newest)
+            if isinstance(end, Finished) and end.ledger:
+                remembered.add(item.keys.ledger)
+                newest = max(newest, end.newest)
+            ends.append(end)
+        return CaseRun(hold.case_id, True, newest, ends, keys)
+
+    def _busy(self, item: _Item, state: EventState) -> EventEnd:
+        if state.done:
+            return AlreadyDone(item.job)
+        job = replace(item.job, waits=item.job.waits + 1)
+        delay = busy_delay(item.job.waits, self._policy)
+        return Rescheduled(job, delay, UNTOUCHED, "another task is updating the case")
+
+    def _run_event(self, item: _Item, state: EventState, newest: str) -> EventEnd:
+        """One event of a held case: an outcome, or a time to try again."""
+        job, event = replace(item.job, waits=0), item.event
+        if state.done:
+            return AlreadyDone(job)
+        if state.ledger:
+            return Finished(job, _outcome(event, outcomes.DUPLICATE, job), None)
+        kept = state.since_ms if state.outcome_unknown else None
+        if job.lost >= self._max_deliveries:
+            return self._poison(job, event, state)
+        if self._breaker_tripped():
+            return Rescheduled(job, self._policy.breaker_wait, kept, "breaker open")
         first = job.first_attempt_at if job.first_attempt_at is not None else self._clock()
         job = replace(job, attempts=job.attempts + 1, first_attempt_at=first)
-        newest = order_key(event.time, job.entry_id)
-        superseded = bool(held.newest) and held.newest > newest
         try:
-            return self._attempt(job, event, ek, held, newest, superseded)
+            return self._attempt(job, event, state, newest)
         except ThalamusError as error:
-            return self._failed(job, event, ek, held, error)
+            return self._failed(job, event, state, error)
+        except Exception:
+            # A bug must not take the batch's other events with it: this one waits and is
+            # tried again, spending nothing, and the log says why.
+            log.exception("event %s/%s failed unexpectedly", event.source, event.id)
+            job = replace(job, attempts=job.attempts - 1)
+            return Rescheduled(job, self._policy.fault_wait, state.since_ms, "unexpected error")
+
+    def _poison(self, job: Job, event: CaseChangeEvent, state: EventState) -> EventEnd:
+        detail = (
+            f"the update was cut off {job.lost} times by its worker dying or freezing "
+            f"(CASESYNC_MAX_DELIVERIES={self._max_deliveries})"
+        )
+        outcome = replace(
+            _outcome(event, outcomes.DEADLETTERED, job, reason=POISON_EVENT), detail=detail
+        )
+        # Whether its last attempt took effect is unknown: a replay reads the case first.
+        return Finished(job, outcome, state.since_ms)
 
     def _attempt(
-        self,
-        job: Job,
-        event: CaseChangeEvent,
-        ek: EventKeys,
-        held: Held,
-        newest: str,
-        superseded: bool,
-    ) -> Result:
-        current = self._read_case_if_needed(event, held, superseded)
-        if held.outcome_unknown and current is not None and _took_effect(event, current, held):
+        self, job: Job, event: CaseChangeEvent, state: EventState, newest: str
+    ) -> EventEnd:
+        key = order_key(event.time, job.entry_id)
+        superseded = bool(newest) and newest > key
+        try:
+            current = self._read_case_if_needed(event, state, superseded)
+        except ThalamusError as error:
+            # Not read back: an earlier attempt's result stays unknown.
+            return self._failed(job, event, state, error, read_back=False)
+        if state.outcome_unknown and current is not None and _took_effect(event, current, state):
             log.info("event %s/%s had already taken effect", event.source, event.id)
-            return self._finish_applied(job, event, ek, held, outcomes.APPLIED, current, newest)
+            return _applied(job, event, outcomes.APPLIED, current, key)
         plan = _plan(event, current, superseded)
         if plan.update is None:
-            outcome = _outcome(event, plan.outcome_type, job)
-            return self._finish(ek, held, outcome, ledger=True)
+            return Finished(job, _outcome(event, plan.outcome_type, job), None, ledger=True)
         case = self._thalamus.update_case(event.case_id, plan.update)
-        return self._finish_applied(job, event, ek, held, plan.outcome_type, case, newest)
+        return _applied(job, event, plan.outcome_type, case, key)
 
     def _read_case_if_needed(
-        self, event: CaseChangeEvent, held: Held, superseded: bool
+        self, event: CaseChangeEvent, state: EventState, superseded: bool
     ) -> Case | None:
         """One GET serves all three needs: a lost answer, a partial caseData, a superseded event."""
         data = event.data
-        needs = held.outcome_unknown or (
+        needs = state.outcome_unknown or (
             bool(data.comments) if superseded else data.caseData is not None
         )
         return self._thalamus.get_case(event.case_id) if needs else None
 
     def _failed(
-        self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held, error: ThalamusError
-    ) -> Result:
+        self,
+        job: Job,
+        event: CaseChangeEvent,
+        state: EventState,
+        error: ThalamusError,
+        *,
+        read_back: bool = True,
+    ) -> EventEnd:
         assert job.first_attempt_at is not None
         decision = decide(
             error,
@@ -189,76 +336,97 @@ class EventApplier:
         if isinstance(error, SessionExpired):
             # Refused even after a fresh login: the configuration is at fault, not the event.
             self._on_session_refused(error.detail)
-        unknown_after = held if isinstance(error, OutcomeUnknown) else None
+        unknown = isinstance(error, OutcomeUnknown) or (state.outcome_unknown and not read_back)
+        mark = state.since_ms if unknown else None
         if isinstance(decision, Retry):
             if not decision.spends_budget:
                 job = replace(job, attempts=max(0, job.attempts - 1))
-            self._release(ek, held, unknown_after)
             log.info(
                 "event %s/%s: %s; retry in %.2f s", event.source, event.id, error, decision.delay
             )
-            return RetryLater(decision.delay, job)
-        outcome = _dead_outcome(event, job, decision)
-        return self._finish_dead(job, outcome, ek, held, unknown_after)
+            return Rescheduled(job, decision.delay, mark, str(error))
+        return Finished(job, _dead_outcome(event, job, decision), mark)
 
-    def _finish_applied(
-        self,
-        job: Job,
-        event: CaseChangeEvent,
-        ek: EventKeys,
-        held: Held,
-        kind: str,
-        case: Case,
-        newest: str,
-    ) -> Result:
-        outcome = _outcome(event, kind, job, http_status=201, case=case.model_dump(mode="json"))
-        return self._finish(ek, held, outcome, ledger=True, newest=newest)
+    def _write(self, runs: list[CaseRun], token: str, report: BatchReport) -> set[str]:
+        """One MULTI for the ends of ``runs``: outcomes, dead letters, schedule, guards, locks.
 
-    def _finish(
-        self,
-        ek: EventKeys,
-        held: Held,
-        outcome: Outcome,
-        *,
-        ledger: bool = False,
-        newest: str = "",
-    ) -> Result:
+        The entry ids written.
+        """
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
-        outcomes.add_outcome(pipe, self._streams, outcome, now)
-        # A duplicate leaves the ledger as it is: its first outcome is the one remembered.
-        ledger_value = outcome.type if ledger else None
-        self._guards.add_finish(pipe, ek, held.token, ledger_value=ledger_value, newest=newest)
+        for run in runs:
+            for ek, end in zip(run.keys, run.ends, strict=True):
+                self._add_end(pipe, end, ek, now)
+            if run.held:
+                self._guards.add_release(pipe, run.case_id, token, run.newest)
         pipe.execute()
-        log_outcome(outcome)
-        return Finished(outcome)
+        self._keeper.release((), [(lock_key(run.case_id), token) for run in runs if run.held])
+        for run in runs:
+            for end in run.ends:
+                report.add(end)
+                if isinstance(end, Finished):
+                    outcomes.log_outcome(end.outcome)
+        return {end.job.entry_id for run in runs for end in run.ends}
 
-    def _finish_dead(
-        self,
-        job: Job,
-        outcome: Outcome,
-        ek: EventKeys | None,
-        held: Held | None,
-        unknown_after: Held | None = None,
-    ) -> Result:
-        now = self._clock()
-        record = DeadLetterRecord(job.raw_event, job.first_attempt_at or now, job.entry_id)
-        pipe = self._redis.pipeline(transaction=True)
-        outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
-        if ek is not None and held is not None:
-            self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
+    def _add_end(
+        self, pipe: redis.client.Pipeline, end: EventEnd, ek: EventKeys | None, now: float
+    ) -> None:
+        job = end.job
+        if isinstance(end, Rescheduled):
+            self._schedule.add_retry(pipe, job, now + end.delay)
         else:
-            pipe.zrem(keys.INFLIGHT, job.entry_id)
-        pipe.execute()
-        log_outcome(outcome)
-        return Finished(outcome)
+            self._schedule.add_finished(pipe, job.entry_id)
+        if isinstance(end, Finished):
+            if end.outcome.type == outcomes.DEADLETTERED:
+                record = DeadLetterRecord(job.raw_event, job.first_attempt_at or now, job.entry_id)
+                outcomes.add_dead_letter(pipe, self._streams, end.outcome, record, now)
+            else:
+                outcomes.add_outcome(pipe, self._streams, end.outcome, now)
+        if ek is None or isinstance(end, AlreadyDone) or isinstance(end.mark, _Untouched):
+            return
+        ledger = end.outcome.type if isinstance(end, Finished) and end.ledger else None
+        self._guards.add_event_end(pipe, ek, ledger_value=ledger, mark_since=end.mark)
 
-    def _release(self, ek: EventKeys, held: Held, unknown_after: Held | None) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        self._guards.add_finish(
-            pipe, ek, held.token, unknown_after=unknown_after, outcome_written=False
-        )
-        pipe.execute()
+    def _give_back(self, entry_ids: set[str]) -> None:
+        """After a Redis failure: the unwritten entries wait ``fault_wait``, if Redis lets them."""
+        try:
+            self._schedule.retry_at(entry_ids, self._clock() + self._policy.fault_wait)
+        except redis.RedisError as exc:
+            log.warning("%d entries wait for their leases to run out: %s", len(entry_ids), exc)
+
+
+def _as_they_finish(
+    futures: list[Future[CaseRun]], interval: float, clock: Callable[[], float]
+) -> Iterator[list[CaseRun]]:
+    """The futures' results in groups: all that finished within ``interval`` of the first."""
+    pending: set[Future[CaseRun]] = set(futures)
+    ready: list[CaseRun] = []
+    oldest = 0.0
+    while pending:
+        timeout = None if not ready else max(0.0, oldest + interval - clock())
+        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        if done and not ready:
+            oldest = clock()
+        ready.extend(future.result() for future in done)
+        if ready and (not pending or clock() >= oldest + interval):
+            yield ready
+            ready = []
+
+
+def _by_case(items: list[_Item]) -> list[tuple[int, list[_Item]]]:
+    """The items grouped by case, each group in stream order, the groups by first appearance."""
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(item.event.case_id, []).append(item)
+    return list(groups.items())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an attempt sends: ``update`` None means nothing needs sending."""
+
+    outcome_type: str
+    update: CaseUpdate | None
 
 
 def _plan(event: CaseChangeEvent, current: Case | None, superseded: bool) -> _Plan:
@@ -283,7 +451,7 @@ def _plan(event: CaseChangeEvent, current: Case | None, superseded: bool) -> _Pl
     return _Plan(outcomes.SUPERSEDED, comments_only)
 
 
-def _took_effect(event: CaseChangeEvent, case: Case, held: Held) -> bool:
+def _took_effect(event: CaseChangeEvent, case: Case, state: EventState) -> bool:
     """Whether a PUT whose answer was lost did land: each of this event's comments is on the
     case, created no earlier than the attempt that lost its answer began.
 
@@ -295,7 +463,7 @@ def _took_effect(event: CaseChangeEvent, case: Case, held: Held) -> bool:
     wanted = Counter(comment.description for comment in event.data.comments or [])
     if not wanted:
         return False
-    since = held.since_ms - CLOCK_MARGIN_MS
+    since = state.since_ms - CLOCK_MARGIN_MS
     recent = Counter(
         comment.description
         for comment in case.comments
@@ -304,7 +472,12 @@ def _took_effect(event: CaseChangeEvent, case: Case, held: Held) -> bool:
     return all(recent[text] >= count for text, count in wanted.items())
 
 
-def _outcome(event: CaseChangeEvent, kind: str, job: Job, **details: Any) -> Outcome:
+def _applied(job: Job, event: CaseChangeEvent, kind: str, case: Case, key: str) -> Finished:
+    outcome = _outcome(event, kind, job, http_status=201, case=case.model_dump(mode="json"))
+    return Finished(job, outcome, None, ledger=True, newest=key)
+
+
+def _outcome(event: CaseChangeEvent, kind: str, job: Job, **details: object) -> Outcome:
     return Outcome(
         type=kind,
         request_id=event.id,
@@ -312,7 +485,7 @@ def _outcome(event: CaseChangeEvent, kind: str, job: Job, **details: Any) -> Out
         case_id=event.case_id,
         attempts=job.attempts,
         replyto=event.replyto,
-        **details,
+        **details,  # type: ignore[arg-type]
     )
 
 
@@ -325,26 +498,4 @@ def _dead_outcome(event: CaseChangeEvent, job: Job, decision: DeadLetter) -> Out
         detail=decision.detail,
         http_status=decision.http_status,
         errors=decision.errors or None,
-    )
-
-
-def log_outcome(outcome: Outcome) -> None:
-    """One line per outcome, the same fields as text and as JSON (CASESYNC_LOG_JSON)."""
-    metrics.count_outcome(outcome.type, outcome.reason)
-    log.info(
-        "outcome %s event=%s/%s case=%s attempts=%d reason=%s",
-        outcome.type.removeprefix("casesync.update."),
-        outcome.request_source,
-        outcome.request_id,
-        outcome.case_id,
-        outcome.attempts,
-        outcome.reason or "-",
-        extra={
-            "outcome": outcome.type,
-            "event_id": outcome.request_id,
-            "event_source": outcome.request_source,
-            "case_id": outcome.case_id,
-            "attempts": outcome.attempts,
-            "reason": outcome.reason,
-        },
     )

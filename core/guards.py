@@ -1,20 +1,21 @@
-"""The Redis state that makes each event's effect happen once and in order (contract §3).
+"""The Redis state that makes each event's effect happen once and in order, for a whole batch.
 
 - the ledger: ``(source, id)`` of every event applied or superseded, so a duplicate is noticed;
-- the per-case lock: one update in flight per case across all workers, expiring if its holder dies;
+- the per-case lock: one task at a time updates a case, across all workers; it expires if its
+  holder dies (a running task renews it, see :class:`core.schedule.LeaseKeeper`);
 - the order key: the newest change applied to a case, so an older one is superseded;
-- the attempt mark: set when an attempt takes the lock and cleared once its outcome is written, so
-  a redelivered task knows its predecessor's result is unknown and reads the case before trying
-  again; it counts the attempts cut off by a dying worker, to catch a poison event.
+- the attempt mark: set when a task takes an event's case, cleared once its outcome is known, so
+  a later task knows an earlier attempt's result is unknown and reads the case before trying.
 
-Taking the lock and reading the rest is one Lua script (one round trip); giving the lock back is
-queued into the outcome's MULTI so the outcome, the ledger and the order key change together.
+Taking the locks of every case of a batch and reading the rest is one Lua script (one round
+trip); giving them back is queued into the MULTI that writes the outcomes, so an outcome, the
+ledger and the order key change together.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,42 +24,45 @@ from redis.client import Pipeline
 
 from settings import keys
 
-# KEYS: lock, ledger, newest, mark, breaker, entry-done, inflight.
-# ARGV: token, lock ttl ms, mark ttl s, entry id, now ms (the in-flight entry is touched, so a
-# task that waits for a busy case or an open breaker is not taken for lost).
-# Returns {'done'} when the entry's outcome is already written, {'breaker', reason} while the
-# breaker is open, nil when another holder has the lock.
-# Else marks the attempt as "deaths:since" (since: epoch ms when the first attempt whose result
-# is still unknown began), counting one more death in case this holder dies before its outcome is
-# written, and returns {ledger, newest, earlier mark, since}.
+# KEYS: breaker, jobs, then lock and order key of each case, then ledger and mark of each event.
+# ARGV: token, lock ttl ms, mark ttl s, number of cases, events of each case, entry id of each
+# event. Returns {'breaker', reason} while the breaker is open. Else {'ok', then per case: held
+# (1/0), its order key, then per event: done (1/0: no job left), ledger, earlier mark, since}.
+# For each event of a case it holds and not done, it sets the mark to `since`: when the oldest
+# attempt whose result is unknown began (an earlier mark's), else now (Redis clock, ms).
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  return {'done'}
-end
-redis.call('ZADD', KEYS[7], 'XX', ARGV[5], ARGV[4])
-local breaker = redis.call('GET', KEYS[5])
+local breaker = redis.call('GET', KEYS[1])
 if breaker then
   return {'breaker', breaker}
 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return false
+local t = redis.call('TIME')
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local cases = tonumber(ARGV[4])
+local reply, e = {'ok'}, 0
+for c = 1, cases do
+  local held = redis.call('SET', KEYS[1 + 2 * c], ARGV[1], 'NX', 'PX', ARGV[2])
+  table.insert(reply, held and 1 or 0)
+  table.insert(reply, redis.call('GET', KEYS[2 + 2 * c]) or '')
+  for _ = 1, tonumber(ARGV[4 + c]) do
+    e = e + 1
+    local ledger, mark = KEYS[1 + 2 * cases + 2 * e], KEYS[2 + 2 * cases + 2 * e]
+    local done = redis.call('HEXISTS', KEYS[2], ARGV[4 + cases + e]) == 0
+    local found, since = '', now
+    if held and not done then
+      found = redis.call('GET', mark) or ''
+      since = string.match(found, '(%d+)$') or now
+      redis.call('SET', mark, since, 'EX', ARGV[3])
+    end
+    table.insert(reply, done and 1 or 0)
+    table.insert(reply, (held and not done and redis.call('GET', ledger)) or '')
+    table.insert(reply, found)
+    table.insert(reply, since)
+  end
 end
-local mark = redis.call('GET', KEYS[4])
-local deaths, since = 0, nil
-if mark then
-  local sep = string.find(mark, ':', 1, true)
-  deaths = tonumber(string.sub(mark, 1, sep - 1))
-  since = string.sub(mark, sep + 1)
-end
-if not since then
-  local t = redis.call('TIME')
-  since = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
-redis.call('SET', KEYS[4], (deaths + 1) .. ':' .. since, 'EX', ARGV[3])
-return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[3]) or '', mark or '', since}
+return reply
 """
 
-# KEYS: lock, newest. ARGV: token, order key ('' to leave it), ttl seconds of the order key.
+# KEYS: lock, order key. ARGV: token, order key ('' to leave it), ttl seconds of the order key.
 # Advances the order key only forwards, then drops the lock if this holder still has it.
 _RELEASE = """
 if ARGV[2] ~= '' then
@@ -81,48 +85,33 @@ def order_key(time: dt.datetime, entry_id: str) -> str:
     return f"{micros:020d}-{int(millis or 0):015d}-{int(seq or 0):010d}"
 
 
+def lock_key(case_id: int) -> str:
+    return keys.case_key(keys.CASE_LOCK, case_id)
+
+
 @dataclass(frozen=True)
 class EventKeys:
-    lock: str
     ledger: str
-    newest: str
     mark: str
-    entry_done: str
     entry_id: str
 
     @classmethod
-    def of(cls, source: str, event_id: str, case_id: int, entry_id: str) -> EventKeys:
+    def of(cls, source: str, event_id: str, entry_id: str) -> EventKeys:
         return cls(
-            lock=keys.case_key(keys.CASE_LOCK, case_id),
             ledger=keys.event_key(keys.LEDGER, source, event_id),
-            newest=keys.case_key(keys.CASE_NEWEST, case_id),
             mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
-            entry_done=f"{keys.ENTRY_DONE}:{entry_id}",
             entry_id=entry_id,
         )
 
 
 @dataclass(frozen=True)
-class Done:
-    """This stream entry's outcome is already written: a redelivered task ends here."""
+class EventState:
+    """What a task learnt of one event when it took the event's case."""
 
-
-@dataclass(frozen=True)
-class Busy:
-    """The attempt cannot start now: the case is locked, or the breaker is open."""
-
-    why: str
-    breaker: bool = False
-
-
-@dataclass(frozen=True)
-class Held:
-    """What the lock holder learnt when it took the lock."""
-
-    token: str
+    #: The entry's outcome is already written (a task delivered twice ends here).
+    done: bool
     ledger: str  # '' when the event was never applied
-    newest: str  # '' when no change of the case is recorded
-    #: '' when no earlier attempt left its result unknown; else "deaths:since".
+    #: '' when no earlier attempt left its result unknown.
     mark: str
     #: When the oldest attempt whose result is not known began: this one, or an earlier one
     #: that died or lost its answer (Redis clock, epoch ms).
@@ -132,84 +121,96 @@ class Held:
     def outcome_unknown(self) -> bool:
         return self.mark != ""
 
-    @property
-    def deaths(self) -> int:
-        count = self.mark.partition(":")[0]
-        return int(count) if count.isdigit() else 0
+
+@dataclass(frozen=True)
+class CaseHold:
+    """A case of the batch: whether this task holds its lock, and its events' states."""
+
+    case_id: int
+    held: bool
+    newest: str  # '' when no change of the case is recorded
+    events: list[EventState]
+
+
+@dataclass(frozen=True)
+class BreakerOpen:
+    """The circuit breaker is open: nothing of the batch may be tried now."""
+
+    reason: str
 
 
 class Guards:
-    """Lock, ledger, order key and attempt mark, over one Redis client."""
+    """Locks, ledger, order keys and attempt marks, over one Redis client."""
 
-    def __init__(
-        self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float, done_ttl: float
-    ) -> None:
-        self._redis = client
+    def __init__(self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float) -> None:
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._ledger_ttl = int(ledger_ttl)
-        self._done_ttl = int(done_ttl)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, ek: EventKeys, token: str) -> Held | Busy | Done:
-        """Take the case's lock and read the event's state, unless the case or Thalamus is busy."""
+    def acquire(
+        self, cases: Sequence[tuple[int, Sequence[EventKeys]]], token: str
+    ) -> list[CaseHold] | BreakerOpen:
+        """Take each case's lock unless another task holds it, and read its events' state."""
+        events = [ek for _, group in cases for ek in group]
         reply: Any = self._acquire(
             keys=[
-                ek.lock,
-                ek.ledger,
-                ek.newest,
-                ek.mark,
                 keys.BREAKER_OPEN,
-                ek.entry_done,
-                keys.INFLIGHT,
+                keys.JOBS,
+                *(key for case_id, _ in cases for key in _case_keys(case_id)),
+                *(key for ek in events for key in (ek.ledger, ek.mark)),
             ],
-            args=[token, self._lock_ttl_ms, self._ledger_ttl, ek.entry_id, _now_ms()],
+            args=[
+                token,
+                self._lock_ttl_ms,
+                self._ledger_ttl,
+                len(cases),
+                *(len(group) for _, group in cases),
+                *(ek.entry_id for ek in events),
+            ],
         )
-        if not reply:
-            return Busy("another worker is updating this case")
-        if len(reply) == 1:
-            return Done()
-        if len(reply) == 2:
-            return Busy(f"circuit breaker open: {_text(reply[1])}", breaker=True)
-        ledger, newest, mark, since = (_text(item) for item in reply)
-        return Held(token=token, ledger=ledger, newest=newest, mark=mark, since_ms=int(since))
+        if _text(reply[0]) == "breaker":
+            return BreakerOpen(_text(reply[1]))
+        return _holds(cases, [_text(item) for item in reply[1:]])
 
-    def add_finish(
-        self,
-        pipe: Pipeline,
-        ek: EventKeys,
-        token: str,
-        *,
-        ledger_value: str | None = None,
-        newest: str = "",
-        unknown_after: Held | None = None,
-        outcome_written: bool = True,
+    def add_event_end(
+        self, pipe: Pipeline, ek: EventKeys, *, ledger_value: str | None, mark_since: int | None
     ) -> None:
-        """Queue the end of an attempt into the outcome's MULTI: ledger, order key, mark, lock.
+        """Queue an event's end into the outcome's MULTI: its ledger entry and its mark.
 
-        ``unknown_after`` keeps the mark as it was when this attempt began (no death counted)
-        when the PUT's answer was lost, so the next attempt reads the case first; otherwise the
-        mark is cleared.
+        ``mark_since`` keeps the mark (an attempt's result is still unknown, so the next one
+        reads the case first); None clears it.
         """
-        if outcome_written:
-            pipe.set(ek.entry_done, "1", ex=self._done_ttl)
-            pipe.zrem(keys.INFLIGHT, ek.entry_id)
-        else:
-            pipe.zadd(keys.INFLIGHT, {ek.entry_id: _now_ms()}, xx=True)
         if ledger_value is not None:
             pipe.set(ek.ledger, ledger_value, ex=self._ledger_ttl)
-        if unknown_after is None:
+        if mark_since is None:
             pipe.delete(ek.mark)
         else:
-            mark = f"{unknown_after.deaths}:{unknown_after.since_ms}"
-            pipe.set(ek.mark, mark, ex=self._ledger_ttl)
+            pipe.set(ek.mark, str(mark_since), ex=self._ledger_ttl)
+
+    def add_release(self, pipe: Pipeline, case_id: int, token: str, newest: str) -> None:
+        """Queue the release of a case's lock, advancing its order key to ``newest``."""
         self._release(
-            keys=[ek.lock, ek.newest], args=[token, newest, self._ledger_ttl], client=pipe
+            keys=list(_case_keys(case_id)), args=[token, newest, self._ledger_ttl], client=pipe
         )
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def _case_keys(case_id: int) -> tuple[str, str]:
+    return lock_key(case_id), keys.case_key(keys.CASE_NEWEST, case_id)
+
+
+def _holds(cases: Sequence[tuple[int, Sequence[EventKeys]]], flat: list[str]) -> list[CaseHold]:
+    holds, at = [], 0
+    for case_id, group in cases:
+        held, newest = flat[at] == "1", flat[at + 1]
+        at += 2
+        states = []
+        for _ in group:
+            done, ledger, mark, since = flat[at : at + 4]
+            states.append(EventState(done == "1", ledger, mark, int(since)))
+            at += 4
+        holds.append(CaseHold(case_id, held, newest, states))
+    return holds
 
 
 def _text(item: Any) -> str:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.client import Pipeline
 
+from core import metrics
 from core.events import InvalidEvent
 from settings import Settings
+
+log = logging.getLogger("casesync.outcome")
 
 APPLIED = "casesync.update.applied"
 SUPERSEDED = "casesync.update.superseded"
@@ -169,3 +173,25 @@ def _wire(value: str | bytes) -> bytes:
 def iso_time(moment: float) -> str:
     stamp = dt.datetime.fromtimestamp(moment, tz=dt.UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def log_outcome(outcome: Outcome) -> None:
+    """One line per outcome, the same fields as text and as JSON (CASESYNC_LOG_JSON)."""
+    metrics.count_outcome(outcome.type, outcome.reason)
+    log.info(
+        "outcome %s event=%s/%s case=%s attempts=%d reason=%s",
+        outcome.type.removeprefix("casesync.update."),
+        outcome.request_source,
+        outcome.request_id,
+        outcome.case_id,
+        outcome.attempts,
+        outcome.reason or "-",
+        extra={
+            "outcome": outcome.type,
+            "event_id": outcome.request_id,
+            "event_source": outcome.request_source,
+            "case_id": outcome.case_id,
+            "attempts": outcome.attempts,
+            "reason": outcome.reason,
+        },
+    )

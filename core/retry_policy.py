@@ -1,7 +1,10 @@
-"""What to do after a failed call: retry in N seconds, or dead-letter with a reason.
+"""When an event is tried again, and whether that spends its budget: the one retry policy.
 
-One pure function of (error, attempts so far, first-attempt time, policy, now), tested as a table
-without Celery or Redis; the update task carries out its answer.
+:func:`decide` answers after a failed call: retry in N seconds, or dead-letter with a reason; a
+pure function of (error, attempts so far, first-attempt time, policy, now), tested as a table
+without Celery or Redis. :func:`busy_delay` answers for a case another task holds; the breaker's
+wait and the back-off after a fault of casesync's own (Redis, a bug) are fields of the policy.
+The batch applier carries out each answer by putting the event on the schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ class RetryPolicy:
     max_age: float = 86400.0
     base_delay: float = 1.0
     max_delay: float = 300.0
+    #: While the breaker is open, events wait this long (the probe interval), spending nothing.
+    breaker_wait: float = 5.0
+    #: After Redis failed or a bug broke a batch: its events wait this long, spending nothing.
+    fault_wait: float = 2.0
+    #: The first and the longest wait for a case another task is updating; spends nothing.
+    busy_base: float = 0.05
+    busy_max: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,3 +98,11 @@ def backoff(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return min(delay, policy.max_delay)
+
+
+def busy_delay(
+    waits: int, policy: RetryPolicy, jitter: Callable[[], float] = random.random
+) -> float:
+    """The wait after ``waits`` earlier waits for the same busy case: doubling, jittered."""
+    ceiling = min(policy.busy_max, policy.busy_base * 2.0**waits)
+    return ceiling * (0.5 + jitter() / 2)

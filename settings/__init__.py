@@ -111,26 +111,45 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Longest retry delay in seconds, `Retry-After` included."
     )
     visibility_timeout: float = Field(
-        3600.0,
+        60.0,
         gt=0,
-        description="Seconds before a task taken by a worker that died is delivered again; "
-        "must exceed `retry_max_delay`.",
+        description="Lease of the events a task works on: a running task renews it every third "
+        "of this; once it runs out (the worker died, froze or lost Redis) the events go to "
+        "another worker. Must exceed `CASESYNC_REDIS_TIMEOUT`.",
     )
 
     # Throughput
     concurrency: int = Field(
-        32, ge=1, le=1024, description="Updates one worker runs at once (threads)."
+        32,
+        ge=1,
+        le=1024,
+        description="Updates one worker process runs at once (threads its batches share).",
+    )
+    batches: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Batches one worker runs at once (its Celery pool's concurrency; "
+        "processes under prefork, each with `CASESYNC_CONCURRENCY` threads).",
     )
     pool: Literal["threads", "prefork", "solo"] = Field(
         "threads", description="Celery pool of `casesync worker` (see README for the choice)."
     )
     intake_batch: int = Field(
-        100, ge=1, le=10000, description="Most stream entries one intake read takes."
+        100,
+        ge=1,
+        le=1000,
+        description="Most events in one batch: one intake read, one task.",
     )
     intake_backlog: int = Field(
         0,
         ge=0,
-        description="Queued tasks past which intake stops reading; 0 means twice `concurrency`.",
+        description="Queued batches past which intake stops reading; 0 means `CASESYNC_BATCHES`.",
+    )
+    task_events: bool = Field(
+        True,
+        description="Workers send task events from the start, so Flower shows every task "
+        "(they cost a few Redis commands per batch, not per event).",
     )
     thalamus_max_rps: float = Field(
         0.0, ge=0, description="Requests per second to Thalamus across all workers; 0 = no cap."
@@ -141,7 +160,10 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="Seconds an applied event's `(source, id)` is remembered."
     )
     case_lock_ttl: float = Field(
-        60.0, gt=0, description="Seconds a per-case lock outlives a worker that died holding it."
+        30.0,
+        gt=0,
+        description="Seconds a per-case lock outlives a worker that died holding it "
+        "(a running task renews it).",
     )
     max_deliveries: int = Field(
         5, ge=1, description="Deliveries of one stream entry before it is `poisonEvent`."
@@ -199,19 +221,20 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _visibility_outlasts_retries(self) -> Self:
-        # Redis redelivers an unacknowledged task after the visibility time-out; a retry waiting
-        # longer than that would run twice.
-        if self.visibility_timeout <= self.retry_max_delay:
+    def _lease_outlasts_a_renewal(self) -> Self:
+        # A running task renews its leases every third of the visibility time-out; a renewal
+        # that waits out one slow Redis call must still land before the lease runs out, or the
+        # events of a live task would go to another worker.
+        if self.visibility_timeout <= self.redis_timeout:
             raise ValueError(
                 f"{ENV_PREFIX}VISIBILITY_TIMEOUT ({self.visibility_timeout:g}) must exceed "
-                f"{ENV_PREFIX}RETRY_MAX_DELAY ({self.retry_max_delay:g})"
+                f"{ENV_PREFIX}REDIS_TIMEOUT ({self.redis_timeout:g})"
             )
         return self
 
     @property
     def effective_backlog(self) -> int:
-        return self.intake_backlog or 2 * self.concurrency
+        return self.intake_backlog or self.batches
 
     def masked(self) -> dict[str, object]:
         """The effective settings by variable name, secrets shown as ``**********``."""

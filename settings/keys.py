@@ -12,18 +12,19 @@ PREFIX = "casesync"
 LEDGER = f"{PREFIX}:ledger"
 #: One update in flight per case: holds the owner's token; expires if the owner dies.
 CASE_LOCK = f"{PREFIX}:lock:case"
-#: Newest change applied to a case, as an order key (see tasks.ordering); lives as the ledger.
+#: Newest change applied to a case, as an order key (core.guards.order_key); lives as the ledger.
 CASE_NEWEST = f"{PREFIX}:newest:case"
-#: Stream entries whose outcome is written: a task redelivered after its worker died between the
-#: outcome and the acknowledgement finds its entry here and ends without a second outcome.
-ENTRY_DONE = f"{PREFIX}:entry-done"
-#: Entries handed to an update task whose outcome is not written yet, scored by when a task last
-#: showed it was alive (epoch ms). A safety net for task messages the broker loses (kombu pops a
-#: message before it records it as unacknowledged): intake hands on again an entry that stays
-#: silent longer than the visibility time-out.
-INFLIGHT = f"{PREFIX}:inflight"
-#: Set before a PUT, deleted when its outcome is known: present at the start of an attempt means
-#: the previous attempt's result is unknown (worker killed, answer lost) and the case must be read.
+#: Every stream entry handed on and not finished: entry id -> its job (event JSON, retry state).
+JOBS = f"{PREFIX}:jobs"
+#: Entries a task works on, scored by when the lease runs out (epoch ms); renewed while it runs.
+LEASES = f"{PREFIX}:leases"
+#: Entries waiting for a retry, a busy case or the breaker, scored by when they are due (epoch ms).
+DUE = f"{PREFIX}:due"
+#: Entry id -> how many times its lease ran out (its worker died or froze): a poison event's count.
+LOST = f"{PREFIX}:lost"
+#: Set when a task takes an event's case, deleted once its outcome is known: present when a task
+#: takes it again means an earlier attempt's result is unknown (worker killed, answer lost), so
+#: the case is read first. Holds when (epoch ms) the oldest such attempt began.
 ATTEMPT_MARK = f"{PREFIX}:attempt"
 
 

@@ -1,10 +1,5 @@
-"""Celery side of casesync. ``celery -A tasks worker`` finds :data:`app` here."""
+"""The Celery side of casesync: the app, the batch task, the intake bootstep, a process's runtime.
 
-from __future__ import annotations
-
-from settings import load_settings
-from tasks.app import create_app
-
-app = create_app(load_settings())
-
-__all__ = ["app"]
+Importing this package builds nothing. ``celery -A tasks`` finds the app in :mod:`tasks.celery`,
+the one module that builds it when imported; ``casesync worker`` builds its own from the settings.
+"""

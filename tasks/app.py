@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from celery.signals import after_setup_logger, worker_process_shutdown, worker_shutdown
 
 from settings import Settings
+from tasks import batch
 from tasks.broker import use_fixed_transport
-from tasks.observability import prepare_metrics_dir
+from tasks.intake_step import IntakeStep
+from tasks.observability import prepare_metrics_dir, use_json_logs
+from tasks.runtime import close_runtime
 
-TASK_NAME = "casesync.update_case"
+
+class CasesyncApp(Celery):  # type: ignore[misc]
+    """A Celery app that carries casesync's settings, read once per process."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__("casesync", broker=settings.redis_url, **kwargs)
+        self.settings = settings
 
 
-def create_app(settings: Settings) -> Celery:
-    """A Celery app whose broker is casesync's Redis; its worker also runs the stream intake."""
+def create_app(settings: Settings) -> CasesyncApp:
+    """The app whose broker is casesync's Redis; its worker also runs the stream intake."""
     prepare_metrics_dir(settings.metrics_port)
     use_fixed_transport()
-    app = Celery("casesync", broker=settings.redis_url, include=["tasks.batch"])
+    app = CasesyncApp(settings)
     app.conf.update(
         # Only JSON crosses Redis: a pickled message is refused, never loaded.
         task_serializer="json",
@@ -24,34 +37,41 @@ def create_app(settings: Settings) -> Celery:
         # Outcomes go to the results stream; nothing is stored per task.
         task_ignore_result=True,
         result_backend=None,
-        # A task is acknowledged after it ran, and given back when its worker process dies.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
         task_default_queue=settings.task_queue,
-        # Each slot takes one message at a time: the work is I/O-bound and evenly spread.
+        # A task is acknowledged when it starts: from then on the schedule's leases answer for
+        # its events (renewed while it runs, handed on again once they run out), so the broker
+        # never has to redeliver a task that is merely slow.
+        task_acks_late=False,
         worker_prefetch_multiplier=1,
         broker_transport_options={
-            # Longer than any retry delay, so a waiting retry is not delivered twice (a task
-            # waiting for its countdown stays unacknowledged, and Redis redelivers it after
-            # this time-out).
+            # Only a task taken but not started by a worker that died waits this long; its
+            # events come back through the schedule at the same time anyway.
             "visibility_timeout": settings.visibility_timeout,
-            # Give back the tasks of a dead worker promptly and all at once, not ten per sweep.
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-            "unacked_restore_limit": 10_000,
             "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
             # Used by kombu only for sentinel:// broker URLs.
             "master_name": settings.redis_sentinel_master,
-            "socket_connect_timeout": settings.redis_timeout,
         },
         broker_connection_retry_on_startup=True,
-        # Flower sees the tasks, from the moment a worker receives them: a "sent" event per task
-        # would cost the intake thread about 5% of its time (bench/README.md).
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
-    from tasks.intake_step import IntakeStep
-
+    batch.register(app)
     app.steps["worker"].add(IntakeStep)
+    _connect_signals(settings)
     return app
+
+
+def _connect_signals(settings: Settings) -> None:
+    def close(**_: Any) -> None:
+        close_runtime()
+
+    def json_logs(logger: logging.Logger, **_: Any) -> None:
+        if settings.log_json:
+            use_json_logs(logger)
+
+    # weak=False: the receivers are closures that nothing else keeps alive.
+    worker_process_shutdown.connect(close, weak=False)
+    worker_shutdown.connect(close, weak=False)
+    after_setup_logger.connect(json_logs, weak=False)

@@ -1,89 +1,74 @@
-"""The Celery task that applies one event; a thin wrapper over :mod:`core.apply`."""
+"""The Celery task that applies one batch of events: a thin wrapper over :mod:`core.apply`.
+
+Flower sees each task's event ids, sources and case ids (its ``argsrepr``), never comments or
+caseData. A task any of whose events was dead-lettered ends as FAILURE naming each of them; its
+message is acknowledged all the same (acknowledged when it started), never redelivered or
+retried: the dead letters are written. One whose events were all applied, superseded,
+duplicates or put back on the schedule succeeds, its result counting each.
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any, NoReturn
+import json
+from collections.abc import Sequence
+from typing import Any
 
-from celery import Task
-from celery.exceptions import Reject, Retry
-from celery.signals import after_setup_logger, worker_process_shutdown, worker_shutdown
+from celery import Celery, Task
 
-from core.apply import Job, RetryLater
-from core.retry_policy import RetryPolicy, backoff
-from settings import load_settings
-from tasks import app
-from tasks.app import TASK_NAME
-from tasks.observability import use_json_logs
-from tasks.runtime import close_runtime, current_runtime
+from core.events import identity
+from core.schedule import Job
+from tasks.runtime import current_runtime
 
-log = logging.getLogger("casesync.task")
-
-#: Back-off for failures outside the event's control (Redis unreachable, a bug).
-_INFRA_POLICY = RetryPolicy(base_delay=1.0, max_delay=30.0)
+TASK_NAME = "casesync.apply_batch"
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def update_case(
-    self: Task,
-    event: str,
-    entry_id: str,
-    case_id: int | None = None,
-    event_id: str | None = None,
-    attempts: int = 0,
-    first_attempt_at: float | None = None,
-    infra_failures: int = 0,
-) -> str:
-    """Apply one event. ``case_id`` and ``event_id`` are there so Flower can find the task."""
-    job = Job(event, entry_id, attempts, first_attempt_at)
-    try:
-        result = current_runtime().applier.apply(job)
-    except Exception as exc:
-        # Redis unreachable or a bug: the event is kept, never dropped. Retry with back-off;
-        # if even that cannot be sent, give the message back to the queue.
-        log.exception("event %s of case %s could not be handled; will retry", event_id, case_id)
-        delay = backoff(infra_failures + 1, _INFRA_POLICY)
-        kwargs = {**self.request.kwargs, "infra_failures": infra_failures + 1}
-        _retry_or_give_back(self, delay, kwargs, exc)
-    if isinstance(result, RetryLater):
-        _retry_or_give_back(self, result.delay, _retry_kwargs(self.request.kwargs, result))
-    return result.outcome.type if result.outcome else "already-done"
+class EventsDeadLettered(Exception):
+    """Some events of the batch ended in the dead-letter stream (the rest were written)."""
 
 
-def _retry_or_give_back(
-    task: Task, delay: float, kwargs: dict[str, Any], exc: Exception | None = None
-) -> NoReturn:
-    """Queue the retry; if the broker cannot take it, give the message back instead.
-
-    A failed ``retry`` would otherwise fail the task, and a failed task is acknowledged: the
-    event would be lost. Given back, it is delivered again (at once, or once Redis is reachable
-    and the visibility time-out has passed).
-    """
-    try:
-        raise task.retry(countdown=delay, kwargs=kwargs, exc=exc)
-    except Retry:
-        raise
-    except Exception as error:
-        log.warning("could not queue a retry (%s); giving the task back", error)
-        raise Reject(error, requeue=True) from error
+def apply_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """Apply a batch; the count of each way its events ended."""
+    report = current_runtime(task.app.settings).applier.apply([Job.from_wire(j) for j in jobs])
+    if report.dead_lettered:
+        lines = "; ".join(report.dead_lettered)
+        raise EventsDeadLettered(
+            f"{len(report.dead_lettered)} of {len(jobs)} dead-lettered: {lines}"
+        )
+    return dict(report.counts)
 
 
-def _retry_kwargs(current: dict[str, Any], later: RetryLater) -> dict[str, Any]:
-    return {
-        **current,
-        "attempts": later.job.attempts,
-        "first_attempt_at": later.job.first_attempt_at,
-        "infra_failures": 0,
-    }
+def register(app: Celery) -> None:
+    app.task(
+        name=TASK_NAME,
+        bind=True,
+        ignore_result=True,
+        # An expected end, logged without a traceback: the dead letters say the rest.
+        throws=(EventsDeadLettered,),
+    )(apply_batch)
 
 
-@worker_process_shutdown.connect
-@worker_shutdown.connect
-def _close_runtime(**_: Any) -> None:
-    close_runtime()
+def send_batch(app: Celery, queue: str, jobs: Sequence[Job]) -> None:
+    """Send one task carrying ``jobs``; what Flower shows of it names them, nothing more."""
+    app.send_task(
+        TASK_NAME,
+        args=[[job.wire() for job in jobs]],
+        queue=queue,
+        argsrepr=describe(jobs),
+        kwargsrepr="{}",
+    )
 
 
-@after_setup_logger.connect
-def _json_logs(logger: logging.Logger, **_: Any) -> None:
-    if load_settings().log_json:
-        use_json_logs(logger)
+def describe(jobs: Sequence[Job]) -> str:
+    """Each job's entry id, event source and id, and case id, as JSON text."""
+    shown = []
+    for job in jobs:
+        known = identity(job.raw_event)
+        shown.append(
+            {
+                "entry": job.entry_id,
+                "source": known.get("source"),
+                "id": known.get("id"),
+                "case": known.get("caseInstanceId"),
+            }
+        )
+    return json.dumps(shown, separators=(",", ":"))

@@ -11,29 +11,24 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from celery import bootsteps
 
+from consumers.intake import Intake, IntakeConfig
 from core import metrics
 from core.outcomes import Streams
-from settings import Settings, load_settings
+from core.schedule import Schedule
+from settings import Settings
+from tasks.batch import send_batch
+from tasks.runtime import breaker_of, limits_of, redis_client, thalamus_client
 from thalamus.client import build_http_client
-
-if TYPE_CHECKING:
-    # Imported where used: consumers.intake imports tasks, whose app imports this module, so a
-    # program that imports consumers.intake first would find it half-initialised.
-    from consumers.intake import Accepted, Intake, IntakeConfig
 
 log = logging.getLogger("casesync.intake")
 
 
 def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
-    from consumers.intake import IntakeConfig
-    from tasks.runtime import limits_of
-
     return IntakeConfig(
         stream=settings.events_stream,
         group=settings.consumer_group,
@@ -43,29 +38,8 @@ def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
         backlog=settings.effective_backlog,
         max_deliveries=settings.max_deliveries,
         claim_idle=settings.claim_idle,
-        # Past the visibility time-out, a task that has not touched its entry is not merely
-        # waiting to be given back by a dead worker: its message is gone.
-        lost_after=settings.visibility_timeout,
         limits=limits_of(settings),
     )
-
-
-def enqueue_tasks(accepted: Sequence[Accepted]) -> None:
-    """Publish one update task per event, over one producer."""
-    from tasks import app
-    from tasks.batch import update_case
-
-    with app.producer_or_acquire() as producer:
-        for item in accepted:
-            update_case.apply_async(
-                kwargs={
-                    "event": item.raw,
-                    "entry_id": item.entry_id,
-                    "case_id": item.event.case_id,
-                    "event_id": item.event.id,
-                },
-                producer=producer,
-            )
 
 
 class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -81,10 +55,7 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._http: httpx.Client | None = None
 
     def start(self, worker: Any) -> None:
-        from consumers.intake import Intake
-        from tasks.runtime import breaker_of, redis_client, thalamus_client
-
-        settings = load_settings()
+        settings: Settings = worker.app.settings
         consumer = f"{socket.gethostname()}:{os.getpid()}"
         client = redis_client(settings)
         breaker = breaker_of(settings, client)
@@ -98,7 +69,7 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         prober = thalamus_client(settings, self._http)
 
         def paused() -> bool:
-            # While the breaker is open, read nothing; probe (one worker at a time) instead.
+            # While the breaker is open, take nothing; probe (one worker at a time) instead.
             closed = breaker.probe(prober.is_alive)
             metrics.BREAKER_OPEN.set(0 if closed else 1)
             return not closed
@@ -110,7 +81,8 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
             client,
             intake_config(settings, consumer),
             Streams.from_settings(settings),
-            enqueue_tasks,
+            Schedule(client, lease=settings.visibility_timeout),
+            lambda jobs: send_batch(worker.app, settings.task_queue, jobs),
             paused=paused,
             report_lag=metrics.STREAM_LAG.set,
         )

@@ -1,7 +1,8 @@
-"""The composition root of a worker process: settings, Redis and HTTP clients, the applier.
+"""The composition root of a worker process: Redis and HTTP clients, threads, the applier.
 
-Built on first use in each process (a prefork child builds its own after the fork), reused by
-every task of the process, closed at shut-down. Nothing is built at import time.
+Built from the app's settings on first use in each process (a prefork child builds its own after
+the fork), reused by every task of the process, closed at shut-down. Nothing is built at import
+time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,13 +21,15 @@ import httpx
 import redis
 from redis.sentinel import Sentinel
 
-from core.apply import EventApplier
+from core import metrics
+from core.apply import BatchApplier
 from core.events import Limits
 from core.guards import Guards
 from core.metrics import ApiCallMetrics
 from core.outcomes import Streams
 from core.retry_policy import RetryPolicy
-from settings import Settings, SettingsError, load_settings
+from core.schedule import LeaseKeeper, Schedule
+from settings import Settings, SettingsError
 from thalamus.breaker import Breaker
 from thalamus.client import CallHooks, SessionCache, ThalamusClient, build_http_client
 from thalamus.session import RedisSessionCache
@@ -37,9 +42,13 @@ class Runtime:
     redis: redis.Redis
     http: httpx.Client
     thalamus: ThalamusClient
-    applier: EventApplier
+    keeper: LeaseKeeper
+    executor: ThreadPoolExecutor
+    applier: BatchApplier
 
     def close(self) -> None:
+        self.keeper.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.http.close()
         self.redis.close()
 
@@ -122,6 +131,16 @@ def limits_of(settings: Settings) -> Limits:
     )
 
 
+def retry_policy_of(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        max_age=settings.max_event_age,
+        base_delay=settings.retry_base_delay,
+        max_delay=settings.retry_max_delay,
+        breaker_wait=settings.breaker_probe_interval,
+    )
+
+
 def build_runtime(settings: Settings) -> Runtime:
     # One line per request at INFO would drown the outcome lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -138,49 +157,51 @@ def build_runtime(settings: Settings) -> Runtime:
         max_connections=connections,
     )
     breaker = breaker_of(settings, client)
-    throttle = Throttle(client, max_rps=settings.thalamus_max_rps)
+    throttle = Throttle(
+        client, max_rps=settings.thalamus_max_rps, on_wait=metrics.RATE_LIMIT_WAIT.inc
+    )
     thalamus = thalamus_client(
         settings,
         http,
         sessions=RedisSessionCache(client),
         hooks=(throttle, breaker, ApiCallMetrics()),
     )
-    applier = EventApplier(
+    schedule = Schedule(client, lease=settings.visibility_timeout)
+    keeper = LeaseKeeper(
+        schedule,
+        # A third of the shorter of the two, so two renewals may fail before either runs out.
+        interval=min(settings.visibility_timeout, settings.case_lock_ttl) / 3,
+        lock_ttl=settings.case_lock_ttl,
+        clock=time.time,
+    )
+    executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="casesync-update")
+    applier = BatchApplier(
         redis_client=client,
         thalamus=thalamus,
-        guards=Guards(
-            client,
-            lock_ttl=settings.case_lock_ttl,
-            ledger_ttl=settings.ledger_ttl,
-            # Long enough to outlast any redelivery of a task: restored after the visibility
-            # time-out, or held by a worker that is down for a while.
-            done_ttl=max(86400.0, 3 * settings.visibility_timeout),
-        ),
+        guards=Guards(client, lock_ttl=settings.case_lock_ttl, ledger_ttl=settings.ledger_ttl),
+        schedule=schedule,
+        keeper=keeper,
+        executor=executor,
         streams=Streams.from_settings(settings),
-        policy=RetryPolicy(
-            max_attempts=settings.max_attempts,
-            max_age=settings.max_event_age,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        ),
+        policy=retry_policy_of(settings),
         limits=limits_of(settings),
         max_deliveries=settings.max_deliveries,
+        breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
-        breaker_wait=settings.breaker_probe_interval,
     )
-    return Runtime(settings, client, http, thalamus, applier)
+    return Runtime(settings, client, http, thalamus, keeper, executor, applier)
 
 
 _lock = threading.Lock()
 _current: tuple[int, Runtime] | None = None
 
 
-def current_runtime() -> Runtime:
-    """This process's runtime, built on first use."""
+def current_runtime(settings: Settings) -> Runtime:
+    """This process's runtime, built on first use from ``settings``."""
     global _current
     with _lock:
         if _current is None or _current[0] != os.getpid():
-            _current = (os.getpid(), build_runtime(load_settings()))
+            _current = (os.getpid(), build_runtime(settings))
         return _current[1]
 
 

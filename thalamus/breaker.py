@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -20,17 +21,43 @@ log = logging.getLogger("casesync.breaker")
 
 
 class Breaker:
-    def __init__(self, client: redis.Redis, *, threshold: int, probe_interval: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        threshold: int,
+        probe_interval: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = client
         self._threshold = threshold
         self._probe_interval = probe_interval
+        self._monotonic = monotonic
         self._failures = 0
+        self._checked_at = 0.0
         self._lock = threading.Lock()
 
     def open_reason(self) -> str | None:
         """Why the breaker is open, or None when it is closed."""
         reason = self._redis.get(keys.BREAKER_OPEN)
         return None if reason is None else str(reason)
+
+    def tripped(self) -> bool:
+        """Whether this process's calls failed ``threshold`` times in a row and the breaker is
+        still open: the rest of a batch then waits instead of spending its budget. Redis is
+        asked at most once a probe interval, since another worker's probe may close it."""
+        with self._lock:
+            if self._failures < self._threshold:
+                return False
+            now = self._monotonic()
+            if now - self._checked_at < self._probe_interval:
+                return True
+            self._checked_at = now
+        if self.open_reason() is not None:
+            return True
+        with self._lock:
+            self._failures = 0
+        return False
 
     def before_call(self) -> None:
         """Calls are not held here: intake and the applier consult :meth:`open_reason`."""

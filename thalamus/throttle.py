@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 
-from core import metrics
 from settings import keys
 from thalamus.errors import NotSent
 
@@ -73,7 +72,9 @@ class Throttle:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         pause_check_interval: float = PAUSE_CHECK_INTERVAL,
+        on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        self._on_wait = on_wait
         self._interval_ms = 1000.0 / max_rps if max_rps > 0 else 0.0
         self._longest_wait_ms = longest_wait * 1000
         self._sleep = sleep
@@ -95,7 +96,7 @@ class Throttle:
                 retry_after=wait_ms / 1000,
             )
         if wait_ms > 0:
-            metrics.RATE_LIMIT_WAIT.inc(wait_ms / 1000)
+            self._on_wait(wait_ms / 1000)
             self._sleep(wait_ms / 1000)
 
     def _wait_ms(self) -> float:

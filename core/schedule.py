@@ -1,0 +1,350 @@
+"""Where every event handed on by intake lives until its outcome is written: leases and due times.
+
+Three Redis structures, all keyed by the stream entry id:
+
+- ``jobs`` (hash): the job (event JSON and retry state) of every entry not yet finished. An entry
+  absent from it is finished: a task delivered twice finds nothing left to do.
+- ``leases`` (sorted set): the entries a task is working on, scored by when their lease runs out
+  (epoch ms). A running task renews its leases (:class:`LeaseKeeper`); a lease that runs out means
+  the worker died, froze or lost Redis, and the entry is handed on again.
+- ``due`` (sorted set): the entries waiting for a retry, a busy case or the breaker, scored by when
+  they are due.
+
+Every worker's intake calls :meth:`Schedule.take_due`; one Lua script moves what is due (expired
+leases and due retries) into fresh leases and returns it, so exactly one worker hands each entry
+on, and nothing is held in a worker's memory: a killed worker's entries come back one lease later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from settings import keys
+
+log = logging.getLogger("casesync.schedule")
+
+# KEYS: leases, due, jobs, lost. ARGV: now ms, lease ms, most.
+# Moves up to `most` entries whose lease ran out (counting one more loss each) or whose due time
+# came into new leases. Returns {next, id1, job1, lost1, id2, ...}: `next` is the earliest score
+# left in either set ('' when both are empty); entries without a job (finished) are dropped.
+_TAKE_DUE = """
+local now, lease, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local taken = {}
+local function take(id, lost)
+  local job = redis.call('HGET', KEYS[3], id)
+  if not job then
+    redis.call('ZREM', KEYS[1], id)
+    return
+  end
+  redis.call('ZADD', KEYS[1], now + lease, id)
+  local count = lost and redis.call('HINCRBY', KEYS[4], id, 1) or redis.call('HGET', KEYS[4], id)
+  table.insert(taken, id)
+  table.insert(taken, job)
+  table.insert(taken, tostring(count or 0))
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, most)) do
+  take(id, true)
+end
+local room = most - #taken / 3
+if room > 0 then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, room)) do
+    redis.call('ZREM', KEYS[2], id)
+    take(id, false)
+  end
+end
+local next = ''
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] and (next == '' or tonumber(first[2]) < tonumber(next)) then
+    next = first[2]
+  end
+end
+table.insert(taken, 1, next)
+return taken
+"""
+
+# KEYS: leases, due, jobs. ARGV: entry id, its job ('' to keep the stored one), due time ms.
+# Ends the entry's lease and makes it due, unless its job is gone: another delivery of the same
+# entry finished it meanwhile, and it must not come back.
+_RETRY = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  if ARGV[2] ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  end
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: case locks. ARGV: lock ttl ms, then one token per lock. Renews each lock still owned by
+# its token (a lock that ran out and went to another worker is left alone).
+_RENEW_LOCKS = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stream entry on its way to an outcome, with what its retries must remember."""
+
+    entry_id: str
+    raw_event: str
+    #: Attempts that spent the retry budget.
+    attempts: int = 0
+    first_attempt_at: float | None = None
+    #: Times its lease ran out: its worker died, froze or was cut off from Redis.
+    lost: int = 0
+    #: Waits for a busy case in a row, for their back-off (they spend no budget).
+    waits: int = 0
+
+    def stored(self) -> str:
+        """What the ``jobs`` hash keeps (``lost`` lives apart, counted by the script)."""
+        state = {"event": self.raw_event, "attempts": self.attempts, "waits": self.waits}
+        if self.first_attempt_at is not None:
+            state["first"] = self.first_attempt_at
+        return json.dumps(state, separators=(",", ":"))
+
+    @classmethod
+    def restored(cls, entry_id: str, stored: str, lost: int) -> Job:
+        state = json.loads(stored)
+        return cls(
+            entry_id=entry_id,
+            raw_event=state["event"],
+            attempts=int(state.get("attempts", 0)),
+            first_attempt_at=state.get("first"),
+            lost=lost,
+            waits=int(state.get("waits", 0)),
+        )
+
+    def wire(self) -> dict[str, Any]:
+        """The job as a task message carries it (JSON)."""
+        return {
+            "entry": self.entry_id,
+            "event": self.raw_event,
+            "attempts": self.attempts,
+            "first": self.first_attempt_at,
+            "lost": self.lost,
+            "waits": self.waits,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Job:
+        return cls(
+            entry_id=str(wire["entry"]),
+            raw_event=str(wire["event"]),
+            attempts=int(wire.get("attempts") or 0),
+            first_attempt_at=wire.get("first"),
+            lost=int(wire.get("lost") or 0),
+            waits=int(wire.get("waits") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What :meth:`Schedule.take_due` moved, and when the next entry falls due."""
+
+    jobs: list[Job]
+    #: Epoch seconds of the earliest lease or due time left; None when nothing waits.
+    next_due: float | None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An entry waiting in the schedule, for ``casesync status``."""
+
+    entry_id: str
+    due: float
+    attempts: int
+
+
+class Schedule:
+    """The leases and due times of every unfinished entry, over one Redis client."""
+
+    def __init__(self, client: redis.Redis, *, lease: float) -> None:
+        self._redis = client
+        self.lease = lease
+        self._take_due = client.register_script(_TAKE_DUE)
+        self._renew_locks = client.register_script(_RENEW_LOCKS)
+        self._retry = client.register_script(_RETRY)
+
+    def add_leased(self, pipe: Pipeline, jobs: Sequence[Job], now: float) -> None:
+        """Queue new jobs, leased to the task about to be sent, into the caller's MULTI."""
+        if not jobs:
+            return
+        pipe.hset(keys.JOBS, mapping={job.entry_id: job.stored() for job in jobs})
+        until = _ms(now + self.lease)
+        pipe.zadd(keys.LEASES, {job.entry_id: until for job in jobs})
+
+    def take_due(self, now: float, most: int) -> Taken:
+        """Lease to the caller up to ``most`` entries whose lease ran out or whose time came."""
+        reply: Any = self._take_due(
+            keys=[keys.LEASES, keys.DUE, keys.JOBS, keys.LOST],
+            args=[_ms(now), _ms(self.lease), most],
+        )
+        head, rest = reply[0], reply[1:]
+        jobs = [
+            Job.restored(str(rest[i]), str(rest[i + 1]), int(rest[i + 2]))
+            for i in range(0, len(rest), 3)
+        ]
+        return Taken(jobs, None if head in ("", b"") else float(head) / 1000)
+
+    def retry_at(self, entry_ids: Iterable[str], due: float) -> None:
+        """Make leased entries due at ``due`` (epoch s), their jobs unchanged."""
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            self._add_retry(pipe, entry_id, "", due)
+        pipe.execute()
+
+    @staticmethod
+    def add_finished(pipe: Pipeline, entry_id: str) -> None:
+        """Queue the end of an entry (its outcome is written in the same MULTI)."""
+        pipe.zrem(keys.LEASES, entry_id)
+        pipe.hdel(keys.JOBS, entry_id)
+        pipe.hdel(keys.LOST, entry_id)
+
+    def add_retry(self, pipe: Pipeline, job: Job, due: float) -> None:
+        """Queue a job's next try at ``due`` (epoch s), with its state as it now stands."""
+        self._add_retry(pipe, job.entry_id, job.stored(), due)
+
+    def _add_retry(self, pipe: Pipeline, entry_id: str, stored: str, due: float) -> None:
+        self._retry(
+            keys=[keys.LEASES, keys.DUE, keys.JOBS], args=[entry_id, stored, _ms(due)], client=pipe
+        )
+
+    def renew(
+        self,
+        entry_ids: Sequence[str],
+        locks: Sequence[tuple[str, str]],
+        now: float,
+        lock_ttl: float,
+    ) -> None:
+        """Push the leases of ``entry_ids`` and the case ``locks`` (key, token) further out."""
+        pipe = self._redis.pipeline(transaction=False)
+        if entry_ids:
+            # XX: an entry finished meanwhile is not brought back.
+            pipe.zadd(keys.LEASES, dict.fromkeys(entry_ids, _ms(now + self.lease)), xx=True)
+        if locks:
+            self._renew_locks(
+                keys=[key for key, _ in locks],
+                args=[_ms(lock_ttl), *(token for _, token in locks)],
+                client=pipe,
+            )
+        pipe.execute()
+
+    def waiting(self, most: int) -> tuple[int, int, list[Waiting]]:
+        """Entries leased, entries due later, and the ``most`` next due with their times."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(keys.LEASES)
+        pipe.zcard(keys.DUE)
+        pipe.zrange(keys.DUE, 0, most - 1, withscores=True)
+        leased, due, first = pipe.execute()
+        stored = self._redis.hmget(keys.JOBS, [entry_id for entry_id, _ in first]) if first else []
+        found = [
+            Waiting(str(entry_id), score / 1000, _attempts(state))
+            for (entry_id, score), state in zip(first, stored, strict=True)
+        ]
+        return int(leased), int(due), found
+
+
+class LeaseKeeper:
+    """Renews, from one thread per process, the leases and case locks its tasks hold.
+
+    A task holds its entries' leases and its cases' locks only as long as it runs: while this
+    process lives they are renewed every ``interval``; once it dies they run out, and the entries
+    come back to another worker. So no lease has to outlast the longest batch.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        interval: float,
+        lock_ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._schedule = schedule
+        self._interval = interval
+        self._lock_ttl = lock_ttl
+        self._clock = clock
+        self._entries: dict[str, int] = {}
+        self._locks: dict[tuple[str, str], int] = {}
+        # Held while renewing: a task that lets go of an entry waits for a renewal in flight, so
+        # the renewal cannot land after the task rescheduled the entry and push it back.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
+        with self._lock:
+            for entry_id in entry_ids:
+                self._entries[entry_id] = self._entries.get(entry_id, 0) + 1
+            for lock in locks:
+                self._locks[lock] = self._locks.get(lock, 0) + 1
+            self._start()
+
+    def release(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
+        with self._lock:
+            _forget(self._entries, entry_ids)
+            _forget(self._locks, locks)
+
+    def renew_now(self) -> None:
+        with self._lock:
+            entries, locks = list(self._entries), list(self._locks)
+            if entries or locks:
+                self._schedule.renew(entries, locks, self._clock(), self._lock_ttl)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="casesync-leases", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.renew_now()
+            except redis.RedisError as exc:
+                # Leases not renewed run out and their entries go to another worker: nothing
+                # is lost, at worst an update is tried twice under the case lock's rules.
+                log.warning("could not renew leases: %s", exc)
+
+
+def _forget(counts: dict[Any, int], items: Iterable[Any]) -> None:
+    for item in items:
+        left = counts.get(item, 0) - 1
+        if left > 0:
+            counts[item] = left
+        else:
+            counts.pop(item, None)
+
+
+def _attempts(stored: str | bytes | None) -> int:
+    if not stored:
+        return 0
+    try:
+        return int(json.loads(stored).get("attempts", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
