@@ -7,6 +7,7 @@ too old); 2 Redis unreachable or a bad setting.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import time
 from typing import Any
 
@@ -64,6 +65,7 @@ def _print_health(health: Health, found: list[str]) -> None:
     for name, value in _figures(health):
         table.add_row(name, value)
     out.print(table)
+    _print_schedule(health)
     _print_reasons(health)
     _print_workers(health)
     for problem in found:
@@ -79,12 +81,23 @@ def _figures(health: Health) -> list[tuple[str, str]]:
         ("not yet read (lag)", str(health.lag) + ("" if health.group_exists else " (no group)")),
         ("pending", str(health.pending)),
         ("oldest pending", "-" if age is None else f"{age:.0f} s"),
-        ("task queue", str(health.queue_depth)),
-        ("retries waiting / running", str(health.retries_waiting)),
+        ("task queue", f"{health.queue_depth} batches"),
+        ("in flight", f"{health.in_flight} entries"),
+        ("waiting on the schedule", f"{health.scheduled} entries"),
         ("results stream", f"{health.results_length} entries"),
         ("dead letters", f"{health.dead_letter_length} entries"),
         ("circuit breaker", "closed" if health.breaker_open is None else "OPEN"),
     ]
+
+
+def _print_schedule(health: Health) -> None:
+    if not health.next_due:
+        return
+    table = Table("entry", "due", "attempts so far", title="Next due on the schedule")
+    for waiting in health.next_due:
+        due = dt.datetime.fromtimestamp(waiting.due, tz=dt.UTC)
+        table.add_row(waiting.entry_id, due.isoformat(timespec="seconds"), str(waiting.attempts))
+    console().print(table)
 
 
 def _print_reasons(health: Health) -> None:

@@ -1,4 +1,4 @@
-"""How the pipeline is doing, read from Redis: backlog, workers, retries, dead letters, breaker.
+"""How the pipeline is doing, read from Redis: backlog, workers, schedule, dead letters, breaker.
 
 Plain code over a Redis client that decodes responses, behind ``casesync status`` (and replay's
 pacing): :func:`read_health` takes one
@@ -12,14 +12,13 @@ from typing import Any
 
 import redis
 
+from core.schedule import Schedule, Waiting
 from ops.dead_letters import count_by_reason
 from ops.stream_ids import entry_millis, id_after
 from settings import Settings, keys
 
-#: Celery's Redis transport keeps each message a worker took, until acknowledged, in this hash
-#: (with its delivery time in the sorted set ``unacked_index``): tasks running and, since a
-#: retry's countdown is waited out by the worker holding the message, retries waiting.
-CELERY_UNACKED = "unacked"
+#: Entries of the schedule listed with their due times.
+DUE_LISTED = 5
 
 #: Most dead letters read to count them by reason; older ones are left out of the counts.
 DEAD_LETTERS_COUNTED = 50_000
@@ -77,8 +76,14 @@ class Health:
     #: Entries delivered to a worker and not yet handed on (acknowledged).
     pending: int
     oldest_pending_age: float | None
+    #: Tasks in the queue, not yet taken by a worker (each carries a batch of entries).
     queue_depth: int
-    retries_waiting: int
+    #: Entries a task holds a lease on: in its queue or being applied.
+    in_flight: int
+    #: Entries waiting on the schedule for a retry, a busy case or the breaker.
+    scheduled: int
+    #: The next entries due on the schedule, soonest first.
+    next_due: list[Waiting]
     results_length: int
     dead_letter_length: int
     dead_letters_by_reason: dict[str, int]
@@ -89,7 +94,7 @@ class Health:
 
     @property
     def backlog(self) -> int:
-        return self.lag + self.pending + self.queue_depth
+        return self.lag + self.pending + self.in_flight + self.scheduled
 
     def as_json(self) -> dict[str, Any]:
         shown = asdict(self)
@@ -109,9 +114,10 @@ def read_health(
     for stream in (watched.events, watched.results, watched.dead_letter):
         pipe.xlen(stream)
     pipe.llen(watched.queue)
-    pipe.hlen(CELERY_UNACKED)
     pipe.get(keys.BREAKER_OPEN)
-    events, results, dead, depth, unacked, breaker = pipe.execute()
+    events, results, dead, depth, breaker = pipe.execute()
+    # The lease does not matter for reading; the schedule only lists what waits.
+    in_flight, scheduled, next_due = Schedule(client, lease=0).waiting(DUE_LISTED)
     return Health(
         events_length=int(events),
         group_exists=group is not None,
@@ -120,7 +126,9 @@ def read_health(
         pending=pending,
         oldest_pending_age=oldest,
         queue_depth=int(depth),
-        retries_waiting=int(unacked),
+        in_flight=in_flight,
+        scheduled=scheduled,
+        next_due=next_due,
         results_length=int(results),
         dead_letter_length=int(dead),
         dead_letters_by_reason=dict(by_reason.most_common()),
