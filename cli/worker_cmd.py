@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from settings import SettingsError, load_settings
+from tasks.observability import prepare_metrics_dir
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +35,11 @@ def celery_worker_argv(extra: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     argv = celery_worker_argv(list(args.extra))
+    settings = load_settings()
+    # Before prometheus-client is first imported (by the app's modules): it picks its
+    # multiprocess mode then.
+    prepare_metrics_dir(settings.metrics_port)
     from tasks.app import create_app
 
-    create_app(load_settings()).worker_main(argv)
+    create_app(settings).worker_main(argv)
     return 0

@@ -12,7 +12,7 @@ from settings import Settings
 from tasks import batch
 from tasks.broker import use_fixed_transport
 from tasks.intake_step import IntakeStep
-from tasks.observability import prepare_metrics_dir, use_json_logs
+from tasks.observability import use_json_logs
 from tasks.runtime import close_runtime
 
 
@@ -25,8 +25,11 @@ class CasesyncApp(Celery):  # type: ignore[misc]
 
 
 def create_app(settings: Settings) -> CasesyncApp:
-    """The app whose broker is casesync's Redis; its worker also runs the stream intake."""
-    prepare_metrics_dir(settings.metrics_port)
+    """The app whose broker is casesync's Redis; its worker also runs the stream intake.
+
+    The entry point calls :func:`tasks.observability.prepare_metrics_dir` first, when metrics
+    are on, before anything imports prometheus-client.
+    """
     use_fixed_transport()
     app = CasesyncApp(settings)
     app.conf.update(

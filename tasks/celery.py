@@ -7,7 +7,20 @@ but Celery's command line.
 
 from __future__ import annotations
 
-from settings import load_settings
-from tasks.app import create_app
+from celery import Celery
 
-app = create_app(load_settings())
+from settings import load_settings
+from tasks.observability import prepare_metrics_dir
+
+
+def _build() -> Celery:
+    settings = load_settings()
+    # Before prometheus-client is first imported (by the app's modules): it picks its
+    # multiprocess mode then.
+    prepare_metrics_dir(settings.metrics_port)
+    from tasks.app import create_app
+
+    return create_app(settings)
+
+
+app = _build()

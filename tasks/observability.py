@@ -3,7 +3,8 @@
 Metrics work with every pool: when a worker serves them, prometheus-client runs in multiprocess
 mode (``PROMETHEUS_MULTIPROC_DIR``), so prefork children and the main process add up to one view.
 That directory must be set before prometheus-client is first imported, which is why
-:func:`prepare_metrics_dir` runs when the Celery app is created, before any pool starts.
+:func:`prepare_metrics_dir` runs in the entry points (``casesync worker``, :mod:`tasks.celery`)
+before the app is built.
 """
 
 from __future__ import annotations
