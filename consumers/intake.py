@@ -129,8 +129,8 @@ class Intake:
         batches = [[job] for job in taken.jobs if job.lost] + ([fresh] if fresh else [])
         for batch in batches:
             self._send(batch)
-        if any(job.lost for job in taken.jobs):
-            log.warning("handed on again %d entries whose lease ran out", len(batches) - 1)
+        if taken.lost_now:
+            log.warning("handed on again %d entries whose lease ran out", taken.lost_now)
         return len(taken.jobs)
 
     def _block_ms(self) -> int:

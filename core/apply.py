@@ -165,6 +165,7 @@ class BatchApplier:
         cases = _by_case(items)
         token = uuid.uuid4().hex
         unwritten = {item.job.entry_id for item in items}
+        locks: set[tuple[str, str]] = set()
         self._keeper.hold(unwritten)
         try:
             if invalid:
@@ -172,15 +173,21 @@ class BatchApplier:
             holds = self._guards.acquire(
                 [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
-            for runs in self._run(cases, holds, token):
+            if not isinstance(holds, BreakerOpen):
+                locks = {(lock_key(hold.case_id), token) for hold in holds if hold.held}
+                self._keeper.hold((), locks)
+            for runs in self._run(cases, holds):
                 written = self._write(runs, token, report)
-                self._keeper.release(written)
+                freed = {(lock_key(run.case_id), token) for run in runs if run.held}
+                self._keeper.release(written, freed)
                 unwritten -= written
+                locks -= freed
         except redis.RedisError:
-            self._give_back(unwritten)
+            self._give_back(unwritten, locks)
             raise
         finally:
-            self._keeper.release(unwritten)
+            # Whatever was not written stops being renewed: its leases and locks run out.
+            self._keeper.release(unwritten, locks)
         return report
 
     def _parse(self, jobs: Sequence[Job]) -> tuple[list[_Item], list[EventEnd]]:
@@ -197,16 +204,12 @@ class BatchApplier:
         return items, invalid
 
     def _run(
-        self,
-        cases: list[tuple[int, list[_Item]]],
-        holds: list[CaseHold] | BreakerOpen,
-        token: str,
+        self, cases: list[tuple[int, list[_Item]]], holds: list[CaseHold] | BreakerOpen
     ) -> Iterator[list[CaseRun]]:
         """The runs of every case, in groups that finished together."""
         if isinstance(holds, BreakerOpen):
             yield [self._wait_for_breaker(case_id, group) for case_id, group in cases]
             return
-        self._keeper.hold((), [(lock_key(hold.case_id), token) for hold in holds if hold.held])
         work = list(zip(holds, (group for _, group in cases), strict=True))
         if len(work) == 1:
             yield [self._run_case(*work[0])]
@@ -269,6 +272,12 @@ class BatchApplier:
             return self._attempt(job, event, state, newest)
         except ThalamusError as error:
             return self._failed(job, event, state, error)
+        except redis.RedisError as exc:
+            # Redis failed under a hook (session, rate cap): a fault of casesync's, not the
+            # event's. It waits, spending nothing; the case is read first if a PUT went out.
+            log.warning("event %s/%s waits for Redis: %s", event.source, event.id, exc)
+            job = replace(job, attempts=job.attempts - 1)
+            return Rescheduled(job, self._policy.fault_wait, state.since_ms, "Redis failed")
         except Exception:
             # A bug must not take the batch's other events with it: this one waits and is
             # tried again, spending nothing, and the log says why.
@@ -360,7 +369,6 @@ class BatchApplier:
             if run.held:
                 self._guards.add_release(pipe, run.case_id, token, run.newest)
         pipe.execute()
-        self._keeper.release((), [(lock_key(run.case_id), token) for run in runs if run.held])
         for run in runs:
             for end in run.ends:
                 report.add(end)
@@ -387,10 +395,13 @@ class BatchApplier:
         ledger = end.outcome.type if isinstance(end, Finished) and end.ledger else None
         self._guards.add_event_end(pipe, ek, ledger_value=ledger, mark_since=end.mark)
 
-    def _give_back(self, entry_ids: set[str]) -> None:
-        """After a Redis failure: the unwritten entries wait ``fault_wait``, if Redis lets them."""
+    def _give_back(self, entry_ids: set[str], locks: set[tuple[str, str]]) -> None:
+        """After a Redis failure: the unwritten entries wait ``fault_wait`` and the cases are
+        freed, if Redis lets them (else their leases and locks run out). Marks stay, so a PUT
+        that went out is read back first."""
         try:
             self._schedule.retry_at(entry_ids, self._clock() + self._policy.fault_wait)
+            self._guards.release(locks)
         except redis.RedisError as exc:
             log.warning("%d entries wait for their leases to run out: %s", len(entry_ids), exc)
 

@@ -143,6 +143,7 @@ class Guards:
     """Locks, ledger, order keys and attempt marks, over one Redis client."""
 
     def __init__(self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float) -> None:
+        self._redis = client
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._ledger_ttl = int(ledger_ttl)
         self._acquire = client.register_script(_ACQUIRE)
@@ -193,6 +194,15 @@ class Guards:
         self._release(
             keys=list(_case_keys(case_id)), args=[token, newest, self._ledger_ttl], client=pipe
         )
+
+    def release(self, locks: set[tuple[str, str]]) -> None:
+        """Free the case ``locks`` (key, token) this holder still owns, leaving order keys."""
+        if not locks:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, token in locks:
+            self._release(keys=[key, ""], args=[token, "", self._ledger_ttl], client=pipe)
+        pipe.execute()
 
 
 def _case_keys(case_id: int) -> tuple[str, str]:

@@ -33,8 +33,9 @@ log = logging.getLogger("casesync.schedule")
 
 # KEYS: leases, due, jobs, lost. ARGV: now ms, lease ms, most.
 # Moves up to `most` entries whose lease ran out (counting one more loss each) or whose due time
-# came into new leases. Returns {next, id1, job1, lost1, id2, ...}: `next` is the earliest score
-# left in either set ('' when both are empty); entries without a job (finished) are dropped.
+# came into new leases. Returns {next, id1, job1, lost1, new1, id2, ...}: `next` is the earliest
+# score left in either set ('' when both are empty), `new` 1 when this move counted a loss;
+# entries without a job (finished) are dropped.
 _TAKE_DUE = """
 local now, lease, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local taken = {}
@@ -49,11 +50,12 @@ local function take(id, lost)
   table.insert(taken, id)
   table.insert(taken, job)
   table.insert(taken, tostring(count or 0))
+  table.insert(taken, lost and '1' or '0')
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, most)) do
   take(id, true)
 end
-local room = most - #taken / 3
+local room = most - #taken / 4
 if room > 0 then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, room)) do
     redis.call('ZREM', KEYS[2], id)
@@ -160,6 +162,8 @@ class Taken:
     jobs: list[Job]
     #: Epoch seconds of the earliest lease or due time left; None when nothing waits.
     next_due: float | None
+    #: How many of ``jobs`` come back because their lease ran out just now.
+    lost_now: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,9 +202,10 @@ class Schedule:
         head, rest = reply[0], reply[1:]
         jobs = [
             Job.restored(str(rest[i]), str(rest[i + 1]), int(rest[i + 2]))
-            for i in range(0, len(rest), 3)
+            for i in range(0, len(rest), 4)
         ]
-        return Taken(jobs, None if head in ("", b"") else float(head) / 1000)
+        lost_now = sum(1 for i in range(3, len(rest), 4) if str(rest[i]) == "1")
+        return Taken(jobs, None if head in ("", b"") else float(head) / 1000, lost_now)
 
     def retry_at(self, entry_ids: Iterable[str], due: float) -> None:
         """Make leased entries due at ``due`` (epoch s), their jobs unchanged."""
