@@ -28,7 +28,7 @@ def test_defaults_are_written_as_an_operator_would_set_them() -> None:
     assert rows["| `CASESYNC_REDIS_URL`"] == "`redis://localhost:6379/0`"
     assert rows["| `CASESYNC_THALAMUS_URL`"] == "none"
     assert rows["| `CASESYNC_LOG_JSON`"] == "`false`"
-    assert rows["| `CASESYNC_VISIBILITY_TIMEOUT`"] == "`3600`"
+    assert rows["| `CASESYNC_VISIBILITY_TIMEOUT`"] == "`60`"
     assert rows["| `CASESYNC_RETRY_BASE_DELAY`"] == "`1`"
 
 
