@@ -1,19 +1,28 @@
-"""Intake: events stream -> enqueued tasks through a consumer group (fakeredis and Valkey)."""
+"""Intake: events stream and schedule -> batches of leased jobs, one task each (fakeredis, Valkey).
+
+``hand_on`` is a plain callable here: :class:`Sent` records every batch and, like Celery's Redis
+transport, pushes one message per task on the queue's list, which intake's back-pressure reads.
+The schedule runs on a clock the test moves by hand.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import redis
 from kombu.exceptions import OperationalError
+from redis.client import Pipeline
 
-from consumers.intake import Accepted, Intake, IntakeConfig
+from consumers.intake import Intake, IntakeConfig
 from core.outcomes import Streams
+from core.schedule import Job, Schedule
+from settings import keys
 
 STREAMS = Streams(
     results="casesync:results",
@@ -24,8 +33,47 @@ STREAMS = Streams(
 EVENTS = "casesync:events"
 GROUP = "casesync"
 QUEUE = "casesync-tasks"
+LEASE = 60.0
 
 MakeIntake = Callable[..., Intake]
+
+
+class Clock:
+    """The intake's and the schedule's clock, moved by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Sent:
+    """The ``hand_on`` intake is given: keeps each batch it was handed, or fails on cue."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.batches: list[list[Job]] = []
+        self.failures = 0
+
+    def __call__(self, jobs: Sequence[Job]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("broker unreachable")
+        self.batches.append(list(jobs))
+        self.client.rpush(QUEUE, "task")
+
+    @property
+    def ids(self) -> list[list[str]]:
+        """Each batch as the ids of its events."""
+        return [[json.loads(job.raw_event)["id"] for job in batch] for batch in self.batches]
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [job for batch in self.batches for job in batch]
 
 
 def event(event_id: str = "e1", case_id: int = 12345, **extra: Any) -> str:
@@ -42,43 +90,36 @@ def event(event_id: str = "e1", case_id: int = 12345, **extra: Any) -> str:
     )
 
 
-class Queue:
-    """The enqueue function intake is given: keeps what it was handed, or fails on cue.
-
-    Like Celery's Redis transport, it also pushes one message per task on the queue's list,
-    which is what intake's back-pressure measures.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self.items: list[Accepted] = []
-        self.failures = 0
-
-    def __call__(self, accepted: Sequence[Accepted]) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise OperationalError("broker unreachable")
-        self.items.extend(accepted)
-        self.client.rpush(QUEUE, *(item.entry_id for item in accepted))
-
-    @property
-    def ids(self) -> list[str]:
-        return [item.event.id for item in self.items]
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
-def queue(any_redis: redis.Redis) -> Queue:
+def schedule(any_redis: redis.Redis) -> Schedule:
+    return Schedule(any_redis, lease=LEASE)
+
+
+@pytest.fixture
+def sent(any_redis: redis.Redis) -> Sent:
     any_redis.xgroup_create(EVENTS, GROUP, id="0", mkstream=True)
-    return Queue(any_redis)
+    return Sent(any_redis)
 
 
 @pytest.fixture
-def make_intake(any_redis: redis.Redis, queue: Queue) -> MakeIntake:
-    def make(consumer: str = "alive", **config: Any) -> Intake:
-        options: dict[str, Any] = {"block_ms": 10, "claim_idle": 60.0, "max_deliveries": 2}
+def make_intake(any_redis: redis.Redis, schedule: Schedule, sent: Sent, clock: Clock) -> MakeIntake:
+    def make(
+        consumer: str = "alive", *, paused: Callable[[], bool] = lambda: False, **config: Any
+    ) -> Intake:
+        options: dict[str, Any] = {
+            "block_ms": 10,
+            "claim_idle": 60.0,
+            "max_deliveries": 2,
+            "backlog": 100,
+        }
         options.update(config)
         settings = IntakeConfig(EVENTS, GROUP, consumer, QUEUE, **options)
-        intake = Intake(any_redis, settings, STREAMS, queue)
+        intake = Intake(any_redis, settings, STREAMS, schedule, sent, paused=paused, clock=clock)
         intake.ensure_group()
         return intake
 
@@ -92,11 +133,6 @@ def intake(make_intake: MakeIntake) -> Intake:
 
 def publish(client: redis.Redis, *events: str, field: str = "event") -> list[str]:
     return [str(client.xadd(EVENTS, {field: raw})) for raw in events]
-
-
-def drain(intake: Intake, rounds: int = 3) -> int:
-    """Poll a few times (the first poll of a consumer reads its own pending entries)."""
-    return sum(intake.poll() for _ in range(rounds))
 
 
 def pending(client: redis.Redis) -> int:
@@ -114,51 +150,96 @@ def outcomes(client: redis.Redis, stream: str = STREAMS.results) -> list[dict[st
     return [json.loads(fields["event"]) for _, fields in entries]
 
 
+def leased(client: redis.Redis) -> dict[str, float]:
+    """Entry id -> when its lease runs out (epoch s)."""
+    found: Any = client.zrange(keys.LEASES, 0, -1, withscores=True)
+    return {entry_id: score / 1000 for entry_id, score in found}
+
+
+def due(client: redis.Redis) -> dict[str, float]:
+    """Entry id -> when it is due (epoch s)."""
+    found: Any = client.zrange(keys.DUE, 0, -1, withscores=True)
+    return {entry_id: score / 1000 for entry_id, score in found}
+
+
 def read_as(client: redis.Redis, consumer: str) -> None:
     """Another consumer reads every new entry and never acknowledges (it dies)."""
     client.xreadgroup(GROUP, consumer, {EVENTS: ">"}, count=100)
 
 
-def test_valid_entries_are_enqueued_in_stream_order_and_acknowledged(
-    any_redis: redis.Redis, intake: Intake, queue: Queue
+def put_on_schedule(
+    client: redis.Redis, schedule: Schedule, job: Job, *, leased_at: float, due_at: float | None
+) -> None:
+    """A job as an earlier task left it: leased at ``leased_at`` and, unless ``due_at`` is None
+    (its task still runs, or died), put back on the schedule for ``due_at``."""
+    pipe = client.pipeline(transaction=True)
+    schedule.add_leased(pipe, [job], leased_at)
+    pipe.execute()
+    if due_at is not None:
+        pipe = client.pipeline(transaction=True)
+        schedule.add_retry(pipe, job, due_at)
+        pipe.execute()
+
+
+# --- new entries -------------------------------------------------------------------------------
+
+
+def test_one_read_becomes_one_batch_of_leased_jobs_in_stream_order(
+    any_redis: redis.Redis, intake: Intake, sent: Sent, clock: Clock
 ) -> None:
     raws = [event("e1"), event("e2", case_id=7), event("e3")]
     ids = publish(any_redis, *raws)
 
-    assert drain(intake) == 3
+    assert intake.poll() == 3
 
-    assert [(item.entry_id, item.raw, item.event.id) for item in queue.items] == [
-        (ids[0], raws[0], "e1"),
-        (ids[1], raws[1], "e2"),
-        (ids[2], raws[2], "e3"),
-    ]
-    assert queue.items[1].event.case_id == 7
+    [batch] = sent.batches
+    assert [(job.entry_id, job.raw_event) for job in batch] == list(zip(ids, raws, strict=True))
+    assert all((job.attempts, job.lost, job.waits) == (0, 0, 0) for job in batch)
     assert pending(any_redis) == 0
+    # From now on the schedule answers for them: leased for one lease, their jobs stored.
+    assert leased(any_redis) == dict.fromkeys(ids, clock.now + LEASE)
+    assert set(any_redis.hkeys(keys.JOBS)) == set(ids)
     assert dead_letters(any_redis) == []
     assert outcomes(any_redis) == []
 
 
-def test_invalid_entries_are_dead_lettered_and_acknowledged_never_enqueued(
-    any_redis: redis.Redis, intake: Intake, queue: Queue
+def test_intake_reads_at_most_a_batch_at_a_time(
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
+) -> None:
+    intake = make_intake(batch=2)
+    publish(any_redis, *(event(f"e{n}") for n in range(5)))
+
+    # The first poll finds no pending entries of its own and reads new ones at once.
+    assert [intake.poll() for _ in range(4)] == [2, 2, 1, 0]
+    assert sent.ids == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+
+
+def test_invalid_entries_are_dead_lettered_at_once_with_what_to_fix_never_handed_on(
+    any_redis: redis.Redis, intake: Intake, sent: Sent
 ) -> None:
     no_code = json.loads(event("e2", replyto="billing:results"))
     del no_code["data"]["typeCode"]
-    publish(any_redis, event("e1"), "{broken", json.dumps(no_code), event("e4"))
-    publish(any_redis, event("e5"), field="payload")
+    ids = publish(any_redis, event("e1"), "{broken", json.dumps(no_code), event("e4"))
+    ids += publish(any_redis, event("e5"), field="payload")
 
-    drain(intake)
+    assert intake.poll() == 5
 
-    assert queue.ids == ["e1", "e4"]
+    assert sent.ids == [["e1", "e4"]]
     assert pending(any_redis) == 0
+    assert set(any_redis.hkeys(keys.JOBS)) == {ids[0], ids[3]}, "only the valid ones leased"
     letters = dead_letters(any_redis)
-    assert [(letter["reason"], letter["event"]) for letter in letters[:2]] == [
-        ("invalidEvent", "{broken"),
-        ("CodeRequired", json.dumps(no_code)),
+    assert [(letter["reason"], letter["event"], letter["entryId"]) for letter in letters] == [
+        ("invalidEvent", "{broken", ids[1]),
+        ("CodeRequired", json.dumps(no_code), ids[2]),
+        ("invalidEvent", json.dumps({"payload": event("e5")}), ids[4]),
     ]
+    # Each detail says what is wrong, so the sender can fix it.
+    assert "not JSON" in letters[0]["detail"]
+    assert "data.typeCode" in letters[1]["detail"]
+    assert "no 'event' field" in letters[2]["detail"]
+    assert "payload" in letters[2]["detail"]
     assert letters[1]["requestId"] == "e2"
     assert letters[1]["attempts"] == "0"
-    assert letters[2]["reason"] == "invalidEvent"
-    assert "'event'" in letters[2]["detail"]
     results = outcomes(any_redis)
     assert [outcome["type"] for outcome in results] == ["casesync.update.deadlettered"] * 3
     assert results[1]["data"]["reason"] == "CodeRequired"
@@ -166,88 +247,315 @@ def test_invalid_entries_are_dead_lettered_and_acknowledged_never_enqueued(
     assert outcomes(any_redis, "billing:results") == [results[1]]
 
 
-def test_when_enqueueing_fails_nothing_is_acknowledged_or_dead_lettered(
-    any_redis: redis.Redis, intake: Intake, queue: Queue
+def test_a_read_of_only_invalid_entries_hands_nothing_on(
+    any_redis: redis.Redis, intake: Intake, sent: Sent
+) -> None:
+    publish(any_redis, "{broken", "[]")
+
+    assert intake.poll() == 2
+
+    assert sent.batches == []
+    assert len(dead_letters(any_redis)) == 2
+    assert pending(any_redis) == 0
+
+
+@pytest.fixture
+def multi_fails(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The next MULTI is lost with the connection before EXEC; its commands are recorded."""
+    lost: list[list[str]] = []
+    execute = Pipeline.execute
+
+    def fail_once(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        # redis-py's Pipeline shadows the method ``transaction`` with a flag of the same name.
+        if vars(self)["transaction"] and not lost:
+            lost.append([str(args[0]).upper() for args, _ in self.command_stack])
+            self.reset()
+            raise redis.ConnectionError("connection lost before EXEC")
+        return execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", fail_once)
+    return lost
+
+
+def test_entries_are_acknowledged_only_in_the_multi_that_leases_or_dead_letters_them(
+    any_redis: redis.Redis, intake: Intake, sent: Sent, multi_fails: list[list[str]]
 ) -> None:
     publish(any_redis, event("e1"), "{broken")
-    queue.failures = 1
 
-    with pytest.raises(OperationalError):
+    with pytest.raises(redis.ConnectionError):
         intake.poll()
 
-    assert queue.items == []
-    assert pending(any_redis) == 2
+    # One MULTI held the lease, the dead letter and the acknowledgement: lost together.
+    [commands] = multi_fails
+    assert {"HSET", "ZADD", "XADD", "XACK"} <= set(commands)
+    assert commands.index("XACK") > max(commands.index("ZADD"), commands.index("XADD"))
+    assert pending(any_redis) == 2, "nothing acknowledged"
+    assert leased(any_redis) == {}
+    assert any_redis.hlen(keys.JOBS) == 0
     assert dead_letters(any_redis) == []
     assert outcomes(any_redis) == []
+    assert sent.batches == []
 
 
 def test_entries_left_pending_by_a_crash_are_read_first_when_the_consumer_restarts(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
 ) -> None:
     publish(any_redis, event("e1"), event("e2"))
-    read_as(any_redis, "worker-1")  # read, then the process died before handing them on
+    read_as(any_redis, "worker-1")  # read, then the process died before its MULTI
+    publish(any_redis, event("e3"))
 
     restarted = make_intake("worker-1", claim_idle=3600.0)
 
     assert restarted.poll() == 2
-    assert queue.ids == ["e1", "e2"]
+    assert restarted.poll() == 1
+    assert sent.ids == [["e1", "e2"], ["e3"]]
     assert pending(any_redis) == 0
 
 
-def test_a_full_task_queue_stops_intake_from_reading(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+def test_an_entry_deleted_from_the_stream_while_pending_is_dropped_from_the_pending_list(
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
 ) -> None:
-    intake = make_intake(backlog=4)
-    publish(any_redis, *(event(f"e{n}") for n in range(6)))
-    any_redis.rpush(QUEUE, *range(4))
+    [entry_id] = publish(any_redis, event("e1"))
+    read_as(any_redis, "worker-1")
+    any_redis.xdel(EVENTS, entry_id)
 
-    assert drain(intake) == 0
-    assert queue.items == []
-    assert pending(any_redis) == 0  # nothing was even read
+    make_intake("worker-1").poll()
 
-    any_redis.ltrim(QUEUE, 0, 1)  # two tasks taken by workers: room for two
-    assert drain(intake) == 2
-    assert queue.ids == ["e0", "e1"]
-    assert any_redis.llen(QUEUE) == 4
+    assert sent.batches == []
+    assert pending(any_redis) == 0
+    assert any_redis.hlen(keys.JOBS) == 0
 
 
-def test_intake_reads_at_most_a_batch_at_a_time(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+# --- handing on, and a send that fails ---------------------------------------------------------
+
+
+def test_a_failed_send_makes_the_jobs_due_again_at_once(
+    any_redis: redis.Redis, intake: Intake, sent: Sent, clock: Clock
 ) -> None:
-    intake = make_intake(batch=2, backlog=100)
-    publish(any_redis, *(event(f"e{n}") for n in range(5)))
+    ids = publish(any_redis, event("e1"), event("e2"))
+    sent.failures = 1
 
-    # The first poll finds no pending entries of its own and reads new ones at once.
+    with pytest.raises(OperationalError):
+        intake.poll()
+
+    assert sent.batches == []
+    assert pending(any_redis) == 0, "acknowledged: the schedule answers for them"
+    assert leased(any_redis) == {}
+    assert due(any_redis) == dict.fromkeys(ids, clock.now)
+    assert dead_letters(any_redis) == []
+
     assert intake.poll() == 2
+    assert sent.ids == [["e1", "e2"]]
+    assert [job.lost for job in sent.jobs] == [0, 0], "a failed send is no lost lease"
+    assert due(any_redis) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: consumers/intake.py move_due stops at the first failed send; the batches after "
+    "it stay leased for a whole lease and come back counted as lost once more",
+)
+def test_a_failed_send_of_due_entries_makes_every_entry_moved_due_again(
+    any_redis: redis.Redis, intake: Intake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    for n in range(3):
+        put_on_schedule(
+            any_redis, schedule, Job(f"1-{n}", event(f"e{n}")), leased_at=clock.now, due_at=None
+        )
+    clock.advance(LEASE + 1)  # their worker died: three batches of one
+    sent.failures = 1
+
+    with pytest.raises(OperationalError):
+        intake.poll()
+
+    assert leased(any_redis) == {}
+    assert due(any_redis) == {f"1-{n}": clock.now for n in range(3)}
+    assert intake.poll() == 3
+    assert [job.lost for job in sent.jobs] == [1, 1, 1]
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+
+def test_due_entries_are_handed_on_before_new_entries_are_read(
+    any_redis: redis.Redis, intake: Intake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    retry = Job("1-1", event("retry"), attempts=2, first_attempt_at=clock.now - 30)
+    put_on_schedule(any_redis, schedule, retry, leased_at=clock.now - 30, due_at=clock.now - 1)
+    later = Job("1-2", event("later"))
+    put_on_schedule(any_redis, schedule, later, leased_at=clock.now - 30, due_at=clock.now + 10)
+    publish(any_redis, event("new"))
+
     assert intake.poll() == 2
-    assert intake.poll() == 1
+
+    assert sent.ids == [["retry"], ["new"]]
+    assert sent.batches[0] == [retry], "its retry state travels with it"
+    assert leased(any_redis)["1-1"] == clock.now + LEASE
+    assert due(any_redis) == {"1-2": clock.now + 10}, "not due yet: left waiting"
+
+
+def test_due_entries_go_in_one_batch_in_stream_order(
+    any_redis: redis.Redis,
+    intake: Intake,
+    schedule: Schedule,
+    sent: Sent,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for entry_id in ("9-0", "10-0", "2-5"):
+        job = Job(entry_id, event(f"e{entry_id}"))
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now, due_at=clock.now - 1)
+    caplog.set_level(logging.WARNING, logger="casesync.intake")
+
+    assert intake.poll() == 3
+
+    assert [[job.entry_id for job in batch] for batch in sent.batches] == [["2-5", "9-0", "10-0"]]
+    assert "lease ran out" not in caplog.text, "retries that fell due were never lost"
+
+
+def test_entries_whose_lease_ran_out_are_handed_on_one_per_batch(
+    any_redis: redis.Redis,
+    intake: Intake,
+    schedule: Schedule,
+    sent: Sent,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for n in (1, 2):  # a worker took these and died
+        job = Job(f"1-{n}", event(f"lost{n}"))
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now - LEASE - 1, due_at=None)
+    for n in (3, 4):  # retries due now
+        job = Job(f"1-{n}", event(f"retry{n}"))
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now, due_at=clock.now)
+    caplog.set_level(logging.WARNING, logger="casesync.intake")
+
+    assert intake.poll() == 4
+
+    # Alone, so an event that kills its worker can take down no other event with it.
+    assert sent.ids == [["lost1"], ["lost2"], ["retry3", "retry4"]]
+    assert [job.lost for job in sent.jobs] == [1, 1, 0, 0]
+    assert leased(any_redis) == {f"1-{n}": clock.now + LEASE for n in (1, 2, 3, 4)}
+    assert "handed on again 2 entries whose lease ran out" in caplog.text
+
+
+def test_an_entry_once_lost_still_goes_alone_when_its_retry_falls_due(
+    any_redis: redis.Redis, intake: Intake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    for n in (1, 2):
+        job = Job(f"1-{n}", event(f"e{n}"))
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now, due_at=None)
+    clock.advance(LEASE + 1)
+    intake.poll()  # both lost once, handed on alone; their tasks then put them back as retries
+    for job in sent.jobs:
+        pipe = any_redis.pipeline(transaction=True)
+        schedule.add_retry(pipe, job, clock.now + 5)
+        pipe.execute()
+    sent.batches.clear()
+    clock.advance(5)
+
+    assert intake.poll() == 2
+
+    assert sent.ids == [["e1"], ["e2"]]
+    assert [job.lost for job in sent.jobs] == [1, 1], "a retry counts no new loss"
+
+
+def test_an_entry_finished_meanwhile_is_not_handed_on_again(
+    any_redis: redis.Redis, intake: Intake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    put_on_schedule(any_redis, schedule, Job("1-1", event()), leased_at=clock.now, due_at=None)
+    pipe = any_redis.pipeline(transaction=True)
+    Schedule.add_finished(pipe, "1-1")
+    pipe.execute()
+    clock.advance(LEASE + 1)
+
     assert intake.poll() == 0
-    assert queue.ids == [f"e{n}" for n in range(5)]
+    assert sent.batches == []
 
 
-def test_entries_idle_on_a_dead_consumer_are_reclaimed_and_enqueued(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+def test_intake_takes_nothing_while_the_queue_holds_backlog_tasks(
+    any_redis: redis.Redis, make_intake: MakeIntake, schedule: Schedule, sent: Sent, clock: Clock
 ) -> None:
-    publish(any_redis, event("e1"), "{broken")
+    intake = make_intake(backlog=2)
+    publish(any_redis, *(event(f"e{n}") for n in range(3)))
+    put_on_schedule(any_redis, schedule, Job("1-1", event("retry")), leased_at=0, due_at=0)
+    any_redis.rpush(QUEUE, "task-1", "task-2")
+
+    assert intake.poll() == 0
+    assert sent.batches == []
+    assert pending(any_redis) == 0, "nothing was even read"
+    assert due(any_redis) == {"1-1": 0}, "nothing moved from the schedule"
+
+    any_redis.lpop(QUEUE)  # a worker took one task: room for one more
+    assert intake.poll() == 4
+    assert sent.ids == [["retry"], ["e0", "e1", "e2"]]
+    assert intake.poll() == 0, "the full queue holds intake again"
+
+
+def timed_poll(intake: Intake) -> float:
+    started = time.monotonic()
+    intake.poll()
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("waits_on", ["a retry", "a lease"])
+def test_a_read_blocks_no_longer_than_until_the_schedule_has_an_entry_due(
+    any_redis: redis.Redis,
+    make_intake: MakeIntake,
+    schedule: Schedule,
+    sent: Sent,
+    clock: Clock,
+    waits_on: str,
+) -> None:
+    intake = make_intake(block_ms=400)
+    assert timed_poll(intake) >= 0.35, "with nothing scheduled a read blocks block_ms"
+
+    job = Job("1-1", event())
+    if waits_on == "a retry":
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now, due_at=clock.now + 0.05)
+    else:
+        put_on_schedule(any_redis, schedule, job, leased_at=clock.now - LEASE + 0.05, due_at=None)
+
+    assert timed_poll(intake) < 0.3
+    assert sent.batches == []
+
+
+def test_a_read_after_due_entries_were_handed_on_does_not_block(
+    any_redis: redis.Redis, make_intake: MakeIntake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    intake = make_intake(block_ms=2000)
+    put_on_schedule(any_redis, schedule, Job("1-1", event()), leased_at=0, due_at=clock.now)
+
+    assert timed_poll(intake) < 1.0
+    assert len(sent.batches) == 1
+
+
+# --- entries of dead consumers -----------------------------------------------------------------
+
+
+def test_entries_idle_on_a_dead_consumer_are_reclaimed_and_handed_on(
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
+) -> None:
+    ids = publish(any_redis, event("e1"), "{broken", event("e3"))
     read_as(any_redis, "dead")
     intake = make_intake(claim_idle=0.01)
     time.sleep(0.05)
 
-    assert intake.reclaim() == 2
+    assert intake.reclaim() == 3
 
-    assert queue.ids == ["e1"]
+    assert sent.ids == [["e1", "e3"]]
+    assert set(leased(any_redis)) == {ids[0], ids[2]}
     assert [letter["reason"] for letter in dead_letters(any_redis)] == ["invalidEvent"]
     assert pending(any_redis) == 0
 
 
 def test_entries_not_yet_idle_long_enough_are_left_to_their_consumer(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
 ) -> None:
     publish(any_redis, event("e1"))
     read_as(any_redis, "busy")
 
     assert make_intake(claim_idle=3600.0).reclaim() == 0
-    assert queue.items == []
+    assert sent.batches == []
     assert pending(any_redis) == 1
 
 
@@ -260,7 +568,7 @@ def deliver(client: redis.Redis, times: int) -> None:
 
 
 def test_an_entry_delivered_more_than_max_deliveries_times_is_a_poison_event(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
 ) -> None:
     raw = event("poison", replyto="billing:results")
     [entry_id] = publish(any_redis, raw)
@@ -270,8 +578,9 @@ def test_an_entry_delivered_more_than_max_deliveries_times_is_a_poison_event(
 
     assert intake.reclaim() == 1
 
-    assert queue.items == []
+    assert sent.batches == []
     assert pending(any_redis) == 0
+    assert any_redis.hlen(keys.JOBS) == 0
     [letter] = dead_letters(any_redis)
     assert letter["reason"] == "poisonEvent"
     assert letter["event"] == raw
@@ -285,7 +594,7 @@ def test_an_entry_delivered_more_than_max_deliveries_times_is_a_poison_event(
 
 
 def test_an_entry_within_max_deliveries_is_reclaimed_normally(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
 ) -> None:
     publish(any_redis, event("e1"))
     deliver(any_redis, 1)
@@ -293,21 +602,11 @@ def test_an_entry_within_max_deliveries_is_reclaimed_normally(
     time.sleep(0.05)
 
     assert intake.reclaim() == 1
-    assert queue.ids == ["e1"]
+    assert sent.ids == [["e1"]]
     assert dead_letters(any_redis) == []
 
 
-def test_an_entry_deleted_from_the_stream_while_pending_is_dropped_from_the_pending_list(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
-) -> None:
-    [entry_id] = publish(any_redis, event("e1"))
-    read_as(any_redis, "worker-1")
-    any_redis.xdel(EVENTS, entry_id)
-
-    make_intake("worker-1").poll()
-
-    assert queue.items == []
-    assert pending(any_redis) == 0
+# --- the intake thread -------------------------------------------------------------------------
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -317,43 +616,89 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def run_in_thread(intake: Intake) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=intake.run, args=(stop,), kwargs={"idle_wait": 0.01})
-    thread.start()
-    return thread, stop
+@pytest.fixture
+def run_in_thread() -> Iterator[Callable[[Intake], threading.Thread]]:
+    stops: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start(intake: Intake) -> threading.Thread:
+        stop = threading.Event()
+        thread = threading.Thread(target=intake.run, args=(stop,), kwargs={"idle_wait": 0.01})
+        thread.start()
+        stops.append((thread, stop))
+        return thread
+
+    yield start
+    for thread, stop in stops:
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
 
 
 def test_run_hands_on_entries_until_its_stop_event_is_set(
-    any_redis: redis.Redis, intake: Intake, queue: Queue
+    any_redis: redis.Redis,
+    intake: Intake,
+    sent: Sent,
+    run_in_thread: Callable[[Intake], threading.Thread],
 ) -> None:
-    thread, stop = run_in_thread(intake)
-    try:
-        publish(any_redis, event("e1"), event("e2"))
-        wait_for(lambda: len(queue.items) == 2)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    run_in_thread(intake)
+    publish(any_redis, event("e1"), event("e2"))
+    wait_for(lambda: len(sent.jobs) == 2)
 
-    assert not thread.is_alive()
-    assert queue.ids == ["e1", "e2"]
+    assert [event_id for batch in sent.ids for event_id in batch] == ["e1", "e2"]
     assert pending(any_redis) == 0
 
 
-def test_run_outlives_a_failure_to_enqueue_and_hands_the_entries_on_later(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+def test_run_outlives_a_failed_send_and_hands_the_entries_on_again(
+    any_redis: redis.Redis,
+    intake: Intake,
+    sent: Sent,
+    run_in_thread: Callable[[Intake], threading.Thread],
 ) -> None:
-    queue.failures = 1
-    thread, stop = run_in_thread(make_intake(claim_idle=0.2))
-    try:
-        publish(any_redis, event("e1"))
-        wait_for(lambda: queue.ids == ["e1"])
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    sent.failures = 1
+    run_in_thread(intake)
+    publish(any_redis, event("e1"))
+    wait_for(lambda: sent.ids == [["e1"]])
 
-    assert not thread.is_alive()
     assert pending(any_redis) == 0
+    assert due(any_redis) == {}
+
+
+def test_after_an_error_the_consumer_reads_its_own_pending_entries_first(
+    any_redis: redis.Redis,
+    make_intake: MakeIntake,
+    sent: Sent,
+    multi_fails: list[list[str]],
+    run_in_thread: Callable[[Intake], threading.Thread],
+) -> None:
+    # The MULTI after the read is lost: the entries stay pending on this consumer, and a read of
+    # new entries (">") would never see them again; reclaiming waits for claim_idle.
+    run_in_thread(make_intake(claim_idle=3600.0))
+    publish(any_redis, event("e1"), event("e2"))
+    wait_for(lambda: len(sent.jobs) == 2)
+
+    assert multi_fails, "the first MULTI failed"
+    assert [event_id for batch in sent.ids for event_id in batch] == ["e1", "e2"]
+    assert pending(any_redis) == 0
+
+
+def test_a_paused_intake_takes_nothing(
+    any_redis: redis.Redis,
+    make_intake: MakeIntake,
+    sent: Sent,
+    run_in_thread: Callable[[Intake], threading.Thread],
+) -> None:
+    paused = threading.Event()
+    paused.set()
+    run_in_thread(make_intake(paused=paused.is_set))
+    publish(any_redis, event("e1"))
+    time.sleep(0.3)
+    assert sent.batches == []
+
+    paused.clear()
+    wait_for(lambda: sent.ids == [["e1"]])
+
+
+# --- the consumer group ------------------------------------------------------------------------
 
 
 def test_ensure_group_is_idempotent(any_redis: redis.Redis, intake: Intake) -> None:
@@ -364,11 +709,21 @@ def test_ensure_group_is_idempotent(any_redis: redis.Redis, intake: Intake) -> N
     assert [group["name"] for group in groups] == [GROUP]
 
 
+def test_lag_counts_the_entries_the_group_has_not_read(
+    any_redis: redis.Redis, make_intake: MakeIntake
+) -> None:
+    intake = make_intake(batch=2)
+    publish(any_redis, *(event(f"e{n}") for n in range(5)))
+    intake.poll()
+
+    assert intake.lag() == 3
+
+
 def test_a_consumer_leaving_with_nothing_pending_is_removed_from_the_group(
-    any_redis: redis.Redis, intake: Intake, queue: Queue
+    any_redis: redis.Redis, intake: Intake
 ) -> None:
     publish(any_redis, event("e1"))
-    drain(intake)
+    intake.poll()
 
     intake.leave()
 
@@ -376,21 +731,13 @@ def test_a_consumer_leaving_with_nothing_pending_is_removed_from_the_group(
     assert consumers == []
 
 
-def test_an_entry_whose_task_went_silent_is_handed_on_again_once(
-    any_redis: redis.Redis, make_intake: MakeIntake, queue: Queue
+def test_a_consumer_holding_pending_entries_stays_in_the_group(
+    any_redis: redis.Redis, make_intake: MakeIntake
 ) -> None:
-    # The broker lost the task message (kombu pops it before recording it as unacknowledged):
-    # nothing ever touches the entry again, and no outcome is written.
-    first = make_intake("one", lost_after=0.05)
-    second = make_intake("two", lost_after=0.05)
-    publish(any_redis, event("e1"), event("e2"))
-    first.poll()
-    assert queue.ids == ["e1", "e2"]
-    any_redis.zrem("casesync:inflight", queue.items[1].entry_id)  # e2's outcome was written
+    publish(any_redis, event("e1"))
+    read_as(any_redis, "worker-1")
 
-    assert first.recover_lost() == 0, "not silent long enough yet"
-    time.sleep(0.1)
-    assert first.recover_lost() + second.recover_lost() == 1, "handed on by one worker only"
+    make_intake("worker-1").leave()
 
-    assert queue.ids == ["e1", "e2", "e1"]
-    assert pending(any_redis) == 0
+    consumers: Any = any_redis.xinfo_consumers(EVENTS, GROUP)
+    assert [consumer["name"] for consumer in consumers] == ["worker-1"]
