@@ -13,11 +13,12 @@ drives it with fakeredis or a real server and ``httpx.MockTransport``.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -409,17 +410,27 @@ class BatchApplier:
 def _as_they_finish(
     futures: list[Future[CaseRun]], interval: float, clock: Callable[[], float]
 ) -> Iterator[list[CaseRun]]:
-    """The futures' results in groups: all that finished within ``interval`` of the first."""
-    pending: set[Future[CaseRun]] = set(futures)
+    """The futures' results in groups: all that finished within ``interval`` of the first.
+
+    One callback per future feeds a queue; ``concurrent.futures.wait`` in a loop would hang a
+    waiter on every pending future at each turn, quadratic in the batch.
+    """
+    finished: queue.SimpleQueue[Future[CaseRun]] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
     ready: list[CaseRun] = []
-    oldest = 0.0
-    while pending:
+    left, oldest = len(futures), 0.0
+    while left:
         timeout = None if not ready else max(0.0, oldest + interval - clock())
-        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-        if done and not ready:
-            oldest = clock()
-        ready.extend(future.result() for future in done)
-        if ready and (not pending or clock() >= oldest + interval):
+        try:
+            future = finished.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        else:
+            left -= 1
+            oldest = oldest if ready else clock()
+            ready.append(future.result())
+        if ready and (not left or clock() >= oldest + interval):
             yield ready
             ready = []
 

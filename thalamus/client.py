@@ -169,7 +169,9 @@ class ThalamusClient:
 
     def _call(self, method: str, path: str, json: Any = None) -> httpx.Response:
         """One API call, renewing the session once (for every worker) after a 401."""
-        cookie = self._sessions.current()
+        # Without operator credentials there is no session to look up (the token is a header):
+        # asking the cache would cost a shared-cache round trip per call for nothing.
+        cookie = self._sessions.current() if self.needs_login else None
         if cookie is None and self.needs_login:
             cookie = self._sessions.renew(None, self.login)
         response = self._send(method, path, json=json, cookie=cookie)
