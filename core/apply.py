@@ -279,12 +279,13 @@ class BatchApplier:
             log.warning("event %s/%s waits for Redis: %s", event.source, event.id, exc)
             job = replace(job, attempts=job.attempts - 1)
             return Rescheduled(job, self._policy.fault_wait, state.since_ms, "Redis failed")
-        except Exception:
-            # A bug must not take the batch's other events with it: this one waits and is
-            # tried again, spending nothing, and the log says why.
+        except Exception as exc:
+            # A bug must not take the batch's other events with it. This one is retried like a
+            # lost answer (its case read first), spending its budget, so an event that always
+            # hits the bug ends as retriesExhausted naming it rather than looping.
             log.exception("event %s/%s failed unexpectedly", event.source, event.id)
-            job = replace(job, attempts=job.attempts - 1)
-            return Rescheduled(job, self._policy.fault_wait, state.since_ms, "unexpected error")
+            unexpected = OutcomeUnknown(f"unexpected error: {type(exc).__name__}: {exc}")
+            return self._failed(job, event, state, unexpected)
 
     def _poison(self, job: Job, event: CaseChangeEvent, state: EventState) -> EventEnd:
         detail = (
