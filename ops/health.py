@@ -99,6 +99,7 @@ class Health:
     def as_json(self) -> dict[str, Any]:
         shown = asdict(self)
         shown["backlog"] = self.backlog
+        shown["next_due"] = [{_camel(k): v for k, v in asdict(w).items()} for w in self.next_due]
         return {_camel(name): value for name, value in shown.items()}
 
 
