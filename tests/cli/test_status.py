@@ -10,11 +10,14 @@ import pytest
 import redis
 
 from cli.main import main
+from core.schedule import Job, Schedule
 from settings import keys
 from tests.conftest import EVENTS, DeadLetterFactory, case_event
 
 GROUP = "casesync"
 QUEUE = "casesync"
+#: 2027-01-15T08:00:00Z, as epoch seconds.
+DUE = 1_800_000_000.0
 
 
 def _status(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, dict[str, Any]]:
@@ -37,13 +40,26 @@ def _seed_backlog(db: redis.Redis, *, events: int, read: int, entry_ids: bool = 
         db.xreadgroup(GROUP, "w1", {EVENTS: ">"}, count=read)
 
 
+def _seed_schedule(db: redis.Redis, *, in_flight: int, waiting: int) -> list[str]:
+    """Entries as tasks leave them: ``in_flight`` leased, ``waiting`` put back for a retry, the
+    n-th due at ``DUE + 60 * n`` after n attempts (listed last-due first, to be sorted)."""
+    schedule = Schedule(db, lease=60)
+    pipe = db.pipeline(transaction=True)
+    schedule.add_leased(pipe, [Job(f"100-{n}", "{}") for n in range(in_flight)], DUE)
+    for n in reversed(range(waiting)):
+        retry = Job(f"200-{n}", "{}", attempts=n + 1, first_attempt_at=DUE - 600)
+        schedule.add_leased(pipe, [retry], DUE)
+        schedule.add_retry(pipe, retry, DUE + 60 * n)
+    pipe.execute()
+    return [f"200-{n}" for n in range(waiting)]
+
+
 def test_status_counts_what_waits_where(
     db: redis.Redis, dead_letter: DeadLetterFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _seed_backlog(db, events=5, read=2)
     db.rpush(QUEUE, "t1", "t2", "t3")
-    db.hset("unacked", mapping={"tag1": "{}", "tag2": "{}"})
-    db.zadd("unacked_index", {"tag1": 1.0, "tag2": 2.0})
+    _seed_schedule(db, in_flight=4, waiting=2)
     for reason in ("retriesExhausted", "retriesExhausted", "invalidEvent"):
         dead_letter(case_event("d", 1), reason)
 
@@ -56,7 +72,11 @@ def test_status_counts_what_waits_where(
     assert shown["pending"] == 2
     assert 0 <= shown["oldestPendingAge"] < 60
     assert shown["queueDepth"] == 3
-    assert shown["retriesWaiting"] == 2
+    assert shown["inFlight"] == 4
+    assert shown["scheduled"] == 2
+    assert "retriesWaiting" not in shown
+    # Everything not yet ended: unread, pending, in flight, waiting on the schedule.
+    assert shown["backlog"] == 3 + 2 + 4 + 2
     # Each dead letter adds its ``deadlettered`` outcome to the results stream.
     assert shown["resultsLength"] == 3
     assert shown["deadLetterLength"] == 3
@@ -84,6 +104,65 @@ def test_status_table_shows_the_figures_for_people(
     assert "invalidCaseField" in out
     assert "w1" in out
     assert out.rstrip().endswith("healthy")
+
+
+def test_status_lists_the_next_entries_due_on_the_schedule_with_their_due_times(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=1, read=1)
+    entry_ids = _seed_schedule(db, in_flight=1, waiting=7)
+
+    code, shown = _status(capsys)
+
+    assert code == 0
+    assert shown["inFlight"] == 1
+    assert shown["scheduled"] == 7
+    # The soonest first, a few of them: the count says how many wait in all.
+    assert shown["nextDue"] == [
+        {"entryId": entry_ids[n], "due": DUE + 60 * n, "attempts": n + 1} for n in range(5)
+    ]
+
+
+def test_status_table_shows_what_waits_on_the_schedule_and_when_it_is_due(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=1, read=1)
+    entry_ids = _seed_schedule(db, in_flight=3, waiting=2)
+
+    assert main(["status"]) == 0
+
+    out = capsys.readouterr().out
+    lines = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.strip()}
+    assert lines["in flight"].split()[-2:] == ["3", "entries"]
+    assert lines["waiting on the schedule"].split()[-2:] == ["2", "entries"]
+    assert "Next due on the schedule" in out
+    rows = [line.split() for line in out.splitlines() if line.strip("│ ").startswith("200-")]
+    assert [[cell for cell in row if cell != "│"] for row in rows] == [
+        [entry_ids[0], "2027-01-15T08:00:00+00:00", "1"],
+        [entry_ids[1], "2027-01-15T08:01:00+00:00", "2"],
+    ]
+
+
+def test_no_schedule_table_when_nothing_waits(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=1, read=1)
+
+    assert main(["status"]) == 0
+
+    assert "Next due" not in capsys.readouterr().out
+
+
+def test_entries_on_the_schedule_with_no_worker_alive_make_status_fail(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The stream is drained, but retries wait, and no worker is left to take them.
+    _seed_schedule(db, in_flight=0, waiting=2)
+
+    code, shown = _status(capsys)
+
+    assert code == 1
+    assert any("no worker is alive and 2 entries wait" in p for p in shown["problems"])
 
 
 def test_an_open_breaker_makes_status_fail_with_its_reason(
