@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from cli.worker_cmd import celery_worker_argv
 from settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 TOKEN = "tok-5a4b3c2d1e"
@@ -77,6 +78,10 @@ def test_a_variable_wins_over_the_dotenv_file(
         ("CASESYNC_LOG_JSON", "maybe"),
         ("CASESYNC_READ_TIMEOUT", "-1"),
         ("CASESYNC_METRICS_PORT", "70000"),
+        ("CASESYNC_BATCHES", "0"),
+        ("CASESYNC_BATCHES", "65"),
+        ("CASESYNC_TASK_EVENTS", "maybe"),
+        ("CASESYNC_INTAKE_BACKLOG", "-1"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_one_line_naming_the_variable(
@@ -101,23 +106,68 @@ def test_a_bad_value_makes_the_command_say_so_on_stderr_and_exit_2(
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize(("visibility", "max_delay"), [("300", "300"), ("60", "300")])
-def test_a_visibility_timeout_not_past_the_longest_retry_delay_is_refused(
-    monkeypatch: pytest.MonkeyPatch, visibility: str, max_delay: str
+@pytest.mark.parametrize(("visibility", "redis_timeout"), [("10", "10"), ("5", "10"), ("60", "61")])
+def test_a_lease_not_past_the_redis_time_out_is_refused(
+    monkeypatch: pytest.MonkeyPatch, visibility: str, redis_timeout: str
 ) -> None:
+    # A renewal that waits out one slow Redis call must land before the lease runs out.
     monkeypatch.setenv("CASESYNC_VISIBILITY_TIMEOUT", visibility)
-    monkeypatch.setenv("CASESYNC_RETRY_MAX_DELAY", max_delay)
+    monkeypatch.setenv("CASESYNC_REDIS_TIMEOUT", redis_timeout)
     with pytest.raises(SettingsError, match="CASESYNC_VISIBILITY_TIMEOUT") as caught:
         load_settings()
-    assert "CASESYNC_RETRY_MAX_DELAY" in str(caught.value)
+    message = str(caught.value)
+    assert "CASESYNC_REDIS_TIMEOUT" in message
+    assert f"({visibility})" in message
+    assert f"({redis_timeout})" in message
+    assert "\n" not in message
 
 
-def test_a_visibility_timeout_past_the_longest_retry_delay_is_accepted(
+def test_the_default_lease_outlasts_the_default_redis_time_out() -> None:
+    settings = load_settings()
+    assert settings.visibility_timeout == 60
+    assert settings.visibility_timeout > settings.redis_timeout
+
+
+def test_a_lease_past_the_redis_time_out_is_accepted_however_long_the_retry_delays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("CASESYNC_VISIBILITY_TIMEOUT", "301")
-    monkeypatch.setenv("CASESYNC_RETRY_MAX_DELAY", "300")
-    assert load_settings().visibility_timeout == 301
+    # Retries wait on the schedule now, not in a leased task: the lease need not outlast them.
+    monkeypatch.setenv("CASESYNC_VISIBILITY_TIMEOUT", "11")
+    monkeypatch.setenv("CASESYNC_REDIS_TIMEOUT", "10")
+    monkeypatch.setenv("CASESYNC_RETRY_MAX_DELAY", "3600")
+    settings = load_settings()
+    assert settings.visibility_timeout == 11
+    assert settings.retry_max_delay == 3600
+
+
+def test_a_worker_runs_casesync_batches_batches_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASESYNC_THALAMUS_URL", "http://thalamus.test")
+    assert load_settings().batches == 4
+    monkeypatch.setenv("CASESYNC_BATCHES", "6")
+    argv = celery_worker_argv([])
+    assert argv[argv.index("--concurrency") + 1] == "6"
+    given = celery_worker_argv(["--concurrency=2"])
+    assert "--concurrency" not in given, "a concurrency given on the command line wins"
+    assert given[-1] == "--concurrency=2"
+
+
+@pytest.mark.parametrize(("batches", "backlog", "effective"), [("6", None, 6), ("6", "10", 10)])
+def test_intake_stops_at_as_many_queued_batches_as_a_worker_runs_unless_told(
+    monkeypatch: pytest.MonkeyPatch, batches: str, backlog: str | None, effective: int
+) -> None:
+    monkeypatch.setenv("CASESYNC_BATCHES", batches)
+    if backlog is not None:
+        monkeypatch.setenv("CASESYNC_INTAKE_BACKLOG", backlog)
+    assert load_settings().effective_backlog == effective
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), ("1", True)])
+def test_task_events_are_on_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("CASESYNC_TASK_EVENTS", value)
+    assert load_settings().task_events is expected
 
 
 def test_a_blank_thalamus_url_or_secrets_dir_means_none(
