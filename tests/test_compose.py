@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser
-from settings import ENV_PREFIX, Settings
+from settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
@@ -88,6 +89,42 @@ def test_every_casesync_variable_of_the_compose_file_is_a_setting(
 ) -> None:
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     assert variable in fields, f"{service} sets {variable}, which no setting reads"
+
+
+#: What an operator sets for the variables the file requires (``${NAME:?...}``).
+REQUIRED_SAMPLES = {"REDIS_PASSWORD": "s3cret", "THALAMUS_URL": "http://simulator:8085"}
+
+
+def interpolated(value: object) -> str:
+    """A value as Compose passes it: ``${NAME:-default}`` as its default, ``${NAME:?...}`` as an
+    operator would set it (the samples above), with no variable of this machine."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if kind == ":-":
+            return rest
+        assert name in REQUIRED_SAMPLES, f"the file requires {name}; add a sample value here"
+        return REQUIRED_SAMPLES[name]
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", one, str(value))
+
+
+@pytest.mark.parametrize("service", ["worker", "flower"])
+def test_the_settings_a_service_gets_are_valid(
+    service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Settings refused at start-up (e.g. a lease not past the Redis time-out) stop the service.
+    monkeypatch.chdir(tmp_path)  # no .env of the machine running the tests
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for variable, value in SERVICES[service].get("environment", {}).items():
+        if variable.startswith(ENV_PREFIX):
+            monkeypatch.setenv(variable, interpolated(value))
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        pytest.fail(f"{service}: {exc}")
+    assert settings.redis_url == "redis://:s3cret@redis:6379/0"
 
 
 def test_workers_and_flower_use_the_same_redis() -> None:
