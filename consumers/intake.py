@@ -41,6 +41,9 @@ class IntakeConfig:
     backlog: int = 4
     #: Longest a read waits for new entries; shorter when the schedule has an entry due sooner.
     block_ms: int = 200
+    #: Seconds between looks at the schedule, unless its last answer said something falls due
+    #: sooner: retries that other workers schedule are picked up within this.
+    schedule_check: float = 0.05
     max_deliveries: int = 5
     claim_idle: float = 60.0
     limits: Limits = field(default_factory=Limits)
@@ -77,6 +80,8 @@ class Intake:
         self._own_pending_first = True
         #: When the schedule's next entry falls due (epoch s), as its last move said.
         self._next_due: float | None = None
+        #: When to look at the schedule again (epoch s).
+        self._next_look = 0.0
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -106,7 +111,7 @@ class Intake:
         room = self.room()
         if room == 0:
             return 0
-        moved = self.move_due(room)
+        moved = self.move_due(room) if self._clock() >= self._next_look else 0
         if moved >= room:
             return moved
         room -= moved
@@ -121,8 +126,11 @@ class Intake:
 
     def move_due(self, most: int) -> int:
         """Hand on the schedule's due entries: retries, waits, and leases that ran out."""
-        taken = self._schedule.take_due(self._clock(), most)
+        now = self._clock()
+        taken = self._schedule.take_due(now, most)
         self._next_due = taken.next_due
+        # A full move may have left more due: look again at once.
+        self._next_look = now if len(taken.jobs) >= most else self._look_after(now)
         fresh = sorted((job for job in taken.jobs if not job.lost), key=_stream_order)
         # An entry whose worker died may be what killed it: it goes alone, so it can only
         # take itself down again, never the events it happened to share a batch with.
@@ -133,10 +141,12 @@ class Intake:
             log.warning("handed on again %d entries whose lease ran out", taken.lost_now)
         return len(taken.jobs)
 
+    def _look_after(self, now: float) -> float:
+        later = now + self._config.schedule_check
+        return later if self._next_due is None else min(later, self._next_due)
+
     def _block_ms(self) -> int:
-        if self._next_due is None:
-            return self._config.block_ms
-        until = int((self._next_due - self._clock()) * 1000)
+        until = int((self._next_look - self._clock()) * 1000)
         return max(1, min(self._config.block_ms, until))
 
     def _read(

@@ -141,7 +141,7 @@ class BatchApplier:
         max_deliveries: int,
         breaker_tripped: Callable[[], bool] = lambda: False,
         on_session_refused: Callable[[str], None] = lambda reason: None,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.01,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis_client

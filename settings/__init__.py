@@ -147,9 +147,9 @@ class Settings(BaseSettings):
         description="Queued batches past which intake stops reading; 0 means `CASESYNC_BATCHES`.",
     )
     task_events: bool = Field(
-        True,
-        description="Workers send task events from the start, so Flower shows every task "
-        "(they cost a few Redis commands per batch, not per event).",
+        False,
+        description="Workers send task events from their start; when false, Flower turns them "
+        "on within 5 s of its own start (see README, Monitoring).",
     )
     thalamus_max_rps: float = Field(
         0.0, ge=0, description="Requests per second to Thalamus across all workers; 0 = no cap."

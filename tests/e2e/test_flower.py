@@ -63,8 +63,11 @@ def _wait_for_states(url: str, wanted: int, timeout: float = 60) -> list[dict[st
 def test_flower_shows_failure_for_a_dead_lettered_event_and_no_customer_data(
     pipeline: Pipeline,
 ) -> None:
-    url = _start_flower(pipeline)
     pipeline.start_worker()
+    url = _start_flower(pipeline)
+    # Workers send no task events until Flower asks (CASESYNC_TASK_EVENTS is off by default);
+    # Flower asks every 5 s, and the worker says when it starts sending them.
+    pipeline.wait_until(lambda: "enabled by remote" in pipeline.worker_logs(), timeout=30)
     good = case_event(
         "good-1",
         31,
