@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except BenchError as exc:
         console.print(f"[red]casesync bench: {exc}[/red]")
         return 1
-    high = max(options.latencies)
-    found = report.targets(measurements, options.concurrency, high)
+    found = report.targets(measurements, max(options.latencies))
     report.print_report(console, measurements, found)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     report.write_json(args.json, measurements, found, settings)
