@@ -112,6 +112,35 @@ def entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What a user sees after a worker was killed mid-load and a new one started at once."""
+
+    events: int
+    #: From the new worker's start until every event had an outcome; the bound when it ran out.
+    seconds: float
+    complete: bool
+    bound: float
+    outcomes_at_kill: int
+    missing: int
+    #: Events with more than one outcome.
+    doubled: int
+    #: Events whose comment is on their case more than once.
+    posted_twice: int
+
+    def shown(self) -> str:
+        """The seconds, or ``> bound`` when not every event got its outcome in time."""
+        return f"{self.seconds:.1f}" if self.complete else f"> {self.bound:g}"
+
+    def describe(self) -> str:
+        return (
+            f"every outcome {self.shown()} s after a new worker started "
+            f"(killed at {self.outcomes_at_kill} of {self.events} outcomes); "
+            f"missing {self.missing}, two outcomes {self.doubled}, "
+            f"comments posted twice {self.posted_twice}"
+        )
+
+
 @dataclass
 class Measurement:
     """One side measured at one API latency: the columns of the report."""
@@ -128,6 +157,8 @@ class Measurement:
     redis: RedisCounters | None = None
     not_applied: int = 0
     notes: str = ""
+    #: Only on the crash-recovery row; its figures reach the JSON through ``notes``.
+    recovery: Recovery | None = None
 
     @property
     def events_per_second(self) -> float:

@@ -182,12 +182,19 @@ def worker_argv(run: PipelineRun) -> list[str]:
     return processes.worker_command()
 
 
-def worker_env(bed: Bed, run: PipelineRun) -> dict[str, str]:
+def connection_env(bed: Bed) -> dict[str, str]:
+    """The settings a worker cannot do without: where Redis and the simulator are."""
     return {
         "CASESYNC_REDIS_URL": bed.redis_url,
         "CASESYNC_THALAMUS_URL": bed.simulator.url,
         "CASESYNC_THALAMUS_TOUCHPOINT": DEFAULT_TOUCHPOINT,
         "CASESYNC_THALAMUS_TOKEN": DEFAULT_TOKEN,
+    }
+
+
+def worker_env(bed: Bed, run: PipelineRun) -> dict[str, str]:
+    return {
+        **connection_env(bed),
         "CASESYNC_CONCURRENCY": str(run.concurrency),
         "CASESYNC_POOL": "threads" if run.pool == "gevent" else run.pool,
     }

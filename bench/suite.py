@@ -6,13 +6,14 @@ import contextlib
 import importlib.util
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import redis
 
 from bench.measure import Measurement
+from bench.recovery import RecoveryRun, recovery
 from bench.report import find
 from bench.scenarios import Bed, PipelineRun, bare_http, pipeline, plain_consumer
 from bench.workload import Harness
@@ -32,6 +33,8 @@ class Options:
     #: Scenarios needing more than one side: the paced run and two workers.
     derived: bool = True
     logs: Path | None = None
+    #: The crash-recovery scenario, run after the latencies' scenarios; None: not run.
+    recovery: RecoveryRun | None = field(default_factory=RecoveryRun)
 
 
 def available_pools(wanted: tuple[str, ...]) -> tuple[str, ...]:
@@ -96,10 +99,16 @@ def run_suite(options: Options, say: Callable[[str], None]) -> list[Measurement]
                 if options.derived and latency == 0 and fastest is not None:
                     measurements.append(pipeline(bed, paced_run(options, fastest)))
                     say(_line(measurements[-1]))
+        if options.recovery is not None:
+            with test_bed(redis_url, options.recovery.latency_ms, options, logs) as bed:
+                measurements.append(recovery(bed, options.recovery))
+                say(_line(measurements[-1]))
     return measurements
 
 
 def _line(item: Measurement) -> str:
+    if item.recovery is not None:
+        return f"{item.name} at {item.latency_ms:g} ms: {item.recovery.describe()}"
     return (
         f"{item.name} at {item.latency_ms:g} ms: {item.events_per_second:.0f} events/s, "
         f"{item.cpu_ms_per_event:.2f} CPU ms/event, p99 {item.latency(0.99):.0f} ms"

@@ -117,10 +117,14 @@ class Harness:
 
     def outcomes_after(self, stream: str, last_id: str) -> list[tuple[str, dict[str, Any]]]:
         """The outcome events after entry ``last_id``, with their entry ids."""
+        self.commands += 1
+        self.requests += 1
         reply: Any = self.client.xrange(stream, min=f"({last_id}" if last_id else "-")
         return [(str(entry_id), json.loads(fields["event"])) for entry_id, fields in reply]
 
     def last_id(self, stream: str) -> str:
+        self.commands += 1
+        self.requests += 1
         newest: Any = self.client.xrevrange(stream, count=1)
         return str(newest[0][0]) if newest else ""
 

@@ -28,15 +28,40 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--prefork-processes", type=int, default=8, help="prefork's processes")
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
+    parser.add_argument(
+        "--recovery",
+        action="store_true",
+        help="run only the crash-recovery scenario (a worker killed with SIGKILL mid-load)",
+    )
+    parser.add_argument(
+        "--recovery-events", type=int, default=300, help="events of the recovery scenario"
+    )
+    parser.add_argument(
+        "--recovery-bound",
+        type=float,
+        default=300.0,
+        help="seconds the recovery scenario waits for every outcome before it reports '> bound'",
+    )
+    parser.add_argument(
+        "--recovery-latency", type=float, default=20.0, help="API latency (ms) of that scenario"
+    )
     parser.set_defaults(run=run)
 
 
 def options_of(args: argparse.Namespace) -> Any:
+    from bench.recovery import RecoveryRun
     from bench.suite import Options
 
     latencies = tuple(float(item) for item in args.latencies.split(",") if item.strip())
     if args.quick:
         latencies = (0.0,)
+    recovery: RecoveryRun | None = RecoveryRun(
+        args.recovery_events, args.recovery_bound, args.recovery_latency
+    )
+    if args.recovery:
+        latencies = ()
+    elif args.quick:
+        recovery = None  # minutes of waiting, against the point of a quick run
     if args.logs is not None:
         args.logs.mkdir(parents=True, exist_ok=True)
     return Options(
@@ -47,6 +72,7 @@ def options_of(args: argparse.Namespace) -> Any:
         prefork_processes=args.prefork_processes,
         derived=not args.quick,
         logs=args.logs,
+        recovery=recovery,
     )
 
 
@@ -67,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
     except BenchError as exc:
         console.print(f"[red]casesync bench: {exc}[/red]")
         return 1
-    high = max(options.latencies)
-    found = report.targets(measurements, options.concurrency, high)
+    if args.recovery:
+        found = [report.recovery_target(measurements)]
+    else:
+        found = report.targets(measurements, max(options.latencies, default=0.0))
     report.print_report(console, measurements, found)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     report.write_json(args.json, measurements, found, settings)
