@@ -34,6 +34,8 @@ EVENTS = "casesync:events"
 GROUP = "casesync"
 QUEUE = "casesync-tasks"
 LEASE = 60.0
+#: IntakeConfig's default: the schedule is looked at this often (seconds).
+SCHEDULE_CHECK = 0.05
 
 MakeIntake = Callable[..., Intake]
 
@@ -109,7 +111,11 @@ def sent(any_redis: redis.Redis) -> Sent:
 @pytest.fixture
 def make_intake(any_redis: redis.Redis, schedule: Schedule, sent: Sent, clock: Clock) -> MakeIntake:
     def make(
-        consumer: str = "alive", *, paused: Callable[[], bool] = lambda: False, **config: Any
+        consumer: str = "alive",
+        *,
+        paused: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = clock,
+        **config: Any,
     ) -> Intake:
         options: dict[str, Any] = {
             "block_ms": 10,
@@ -344,6 +350,7 @@ def test_a_failed_send_makes_the_jobs_due_again_at_once(
     assert due(any_redis) == dict.fromkeys(ids, clock.now)
     assert dead_letters(any_redis) == []
 
+    clock.advance(SCHEDULE_CHECK)  # the next look at the schedule
     assert intake.poll() == 2
     assert sent.ids == [["e1", "e2"]]
     assert [job.lost for job in sent.jobs] == [0, 0], "a failed send is no lost lease"
@@ -370,6 +377,7 @@ def test_a_failed_send_of_due_entries_makes_every_entry_moved_due_again(
 
     assert leased(any_redis) == {}
     assert due(any_redis) == {f"1-{n}": clock.now for n in range(3)}
+    clock.advance(SCHEDULE_CHECK)
     assert intake.poll() == 3
     assert [job.lost for job in sent.jobs] == [1, 1, 1]
 
@@ -497,6 +505,12 @@ def timed_poll(intake: Intake) -> float:
     return time.monotonic() - started
 
 
+def test_with_nothing_due_soon_a_read_blocks_block_ms(make_intake: MakeIntake) -> None:
+    intake = make_intake(block_ms=400, schedule_check=10.0)
+
+    assert 0.35 <= timed_poll(intake) < 2
+
+
 @pytest.mark.parametrize("waits_on", ["a retry", "a lease"])
 def test_a_read_blocks_no_longer_than_until_the_schedule_has_an_entry_due(
     any_redis: redis.Redis,
@@ -506,27 +520,63 @@ def test_a_read_blocks_no_longer_than_until_the_schedule_has_an_entry_due(
     clock: Clock,
     waits_on: str,
 ) -> None:
-    intake = make_intake(block_ms=400)
-    assert timed_poll(intake) >= 0.35, "with nothing scheduled a read blocks block_ms"
-
     job = Job("1-1", event())
     if waits_on == "a retry":
         put_on_schedule(any_redis, schedule, job, leased_at=clock.now, due_at=clock.now + 0.05)
     else:
         put_on_schedule(any_redis, schedule, job, leased_at=clock.now - LEASE + 0.05, due_at=None)
+    intake = make_intake(block_ms=2000, schedule_check=10.0)
 
-    assert timed_poll(intake) < 0.3
-    assert sent.batches == []
+    assert timed_poll(intake) < 0.5
+    assert sent.batches == [], "not due yet when intake looked"
+
+
+def test_a_read_blocks_no_longer_than_until_the_next_look_at_the_schedule(
+    make_intake: MakeIntake,
+) -> None:
+    # Retries other workers put on the schedule are picked up within schedule_check.
+    intake = make_intake(block_ms=2000, schedule_check=0.05)
+
+    assert timed_poll(intake) < 0.5
 
 
 def test_a_read_after_due_entries_were_handed_on_does_not_block(
     any_redis: redis.Redis, make_intake: MakeIntake, schedule: Schedule, sent: Sent, clock: Clock
 ) -> None:
-    intake = make_intake(block_ms=2000)
+    intake = make_intake(block_ms=2000, schedule_check=10.0)
     put_on_schedule(any_redis, schedule, Job("1-1", event()), leased_at=0, due_at=clock.now)
 
     assert timed_poll(intake) < 1.0
     assert len(sent.batches) == 1
+
+
+def test_the_schedule_is_looked_at_once_per_schedule_check(
+    any_redis: redis.Redis, make_intake: MakeIntake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    intake = make_intake(schedule_check=1.0)
+    intake.poll()
+    # Another worker's task puts a retry on the schedule, due at once.
+    put_on_schedule(any_redis, schedule, Job("1-1", event("retry")), leased_at=0, due_at=0)
+
+    clock.advance(0.5)
+    assert intake.poll() == 0, "not looked at again yet"
+    clock.advance(0.5)
+    assert intake.poll() == 1
+    assert sent.ids == [["retry"]]
+
+
+def test_a_full_move_looks_at_the_schedule_again_at_once(
+    any_redis: redis.Redis, make_intake: MakeIntake, schedule: Schedule, sent: Sent, clock: Clock
+) -> None:
+    intake = make_intake(batch=2, schedule_check=10.0)
+    for n in range(3):
+        job = Job(f"1-{n}", event(f"e{n}"))
+        put_on_schedule(any_redis, schedule, job, leased_at=0, due_at=clock.now - 1)
+    publish(any_redis, event("new"))
+
+    assert intake.poll() == 2, "a batch of due entries, and no room left for new ones"
+    assert intake.poll() == 2, "the rest of the due entries, then new ones, at the same moment"
+    assert sent.ids == [["e0", "e1"], ["e2"], ["new"]]
 
 
 # --- entries of dead consumers -----------------------------------------------------------------
@@ -636,11 +686,11 @@ def run_in_thread() -> Iterator[Callable[[Intake], threading.Thread]]:
 
 def test_run_hands_on_entries_until_its_stop_event_is_set(
     any_redis: redis.Redis,
-    intake: Intake,
+    make_intake: MakeIntake,
     sent: Sent,
     run_in_thread: Callable[[Intake], threading.Thread],
 ) -> None:
-    run_in_thread(intake)
+    run_in_thread(make_intake(clock=time.time))
     publish(any_redis, event("e1"), event("e2"))
     wait_for(lambda: len(sent.jobs) == 2)
 
@@ -650,12 +700,12 @@ def test_run_hands_on_entries_until_its_stop_event_is_set(
 
 def test_run_outlives_a_failed_send_and_hands_the_entries_on_again(
     any_redis: redis.Redis,
-    intake: Intake,
+    make_intake: MakeIntake,
     sent: Sent,
     run_in_thread: Callable[[Intake], threading.Thread],
 ) -> None:
     sent.failures = 1
-    run_in_thread(intake)
+    run_in_thread(make_intake(clock=time.time))
     publish(any_redis, event("e1"))
     wait_for(lambda: sent.ids == [["e1"]])
 
@@ -672,7 +722,7 @@ def test_after_an_error_the_consumer_reads_its_own_pending_entries_first(
 ) -> None:
     # The MULTI after the read is lost: the entries stay pending on this consumer, and a read of
     # new entries (">") would never see them again; reclaiming waits for claim_idle.
-    run_in_thread(make_intake(claim_idle=3600.0))
+    run_in_thread(make_intake(claim_idle=3600.0, clock=time.time))
     publish(any_redis, event("e1"), event("e2"))
     wait_for(lambda: len(sent.jobs) == 2)
 
@@ -689,7 +739,7 @@ def test_a_paused_intake_takes_nothing(
 ) -> None:
     paused = threading.Event()
     paused.set()
-    run_in_thread(make_intake(paused=paused.is_set))
+    run_in_thread(make_intake(paused=paused.is_set, clock=time.time))
     publish(any_redis, event("e1"))
     time.sleep(0.3)
     assert sent.batches == []
