@@ -161,8 +161,8 @@ def test_intake_stops_at_as_many_queued_batches_as_a_worker_runs_unless_told(
     assert load_settings().effective_backlog == effective
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, True), ("false", False), ("1", True)])
-def test_task_events_are_on_unless_turned_off(
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("true", True), ("0", False)])
+def test_task_events_are_off_unless_turned_on(
     monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
 ) -> None:
     if value is not None:
