@@ -135,8 +135,7 @@ class Intake:
         # An entry whose worker died may be what killed it: it goes alone, so it can only
         # take itself down again, never the events it happened to share a batch with.
         batches = [[job] for job in taken.jobs if job.lost] + ([fresh] if fresh else [])
-        for batch in batches:
-            self._send(batch)
+        self._send(batches)
         if taken.lost_now:
             log.warning("handed on again %d entries whose lease ran out", taken.lost_now)
         return len(taken.jobs)
@@ -188,16 +187,19 @@ class Intake:
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
         if jobs:
-            self._send(jobs)
+            self._send([jobs])
         return len(entries)
 
-    def _send(self, jobs: list[Job]) -> None:
-        """Send one task; if that fails, make its leased jobs due again at once."""
-        try:
-            self._hand_on(jobs)
-        except Exception:
-            self._schedule.retry_at([job.entry_id for job in jobs], self._clock())
-            raise
+    def _send(self, batches: list[list[Job]]) -> None:
+        """Send one task per batch; if one fails, make its jobs and the rest due again at once
+        (else they would wait out their leases and count as lost)."""
+        for sent, batch in enumerate(batches):
+            try:
+                self._hand_on(batch)
+            except Exception:
+                unsent = [job.entry_id for rest in batches[sent:] for job in rest]
+                self._schedule.retry_at(unsent, self._clock())
+                raise
 
     def reclaim(self) -> int:
         """Claim entries idle on dead consumers; dead-letter those delivered too often."""

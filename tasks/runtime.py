@@ -155,6 +155,7 @@ def build_runtime(settings: Settings) -> Runtime:
         write=settings.write_timeout,
         pool=settings.pool_timeout,
         max_connections=connections,
+        per_thread=True,
     )
     breaker = breaker_of(settings, client)
     throttle = Throttle(

@@ -357,11 +357,6 @@ def test_a_failed_send_makes_the_jobs_due_again_at_once(
     assert due(any_redis) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: consumers/intake.py move_due stops at the first failed send; the batches after "
-    "it stay leased for a whole lease and come back counted as lost once more",
-)
 def test_a_failed_send_of_due_entries_makes_every_entry_moved_due_again(
     any_redis: redis.Redis, intake: Intake, schedule: Schedule, sent: Sent, clock: Clock
 ) -> None:
