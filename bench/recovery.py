@@ -35,7 +35,7 @@ from bench.scenarios import (
     connection_env,
 )
 from bench.workload import Harness, make_events, request_id
-from cli import processes
+from ops import processes
 
 NAME = "pipeline threads recovery"
 #: Outcomes written before the kill: enough that the worker is in full flow, few enough that

@@ -24,7 +24,7 @@ from bench.measure import (
     peak_memory_kb,
 )
 from bench.workload import Harness, make_events, match_outcomes
-from cli import processes
+from ops import processes
 from thalamus.simulator.config import DEFAULT_TOKEN, DEFAULT_TOUCHPOINT
 from thalamus.simulator.process import RunningSimulator
 

@@ -17,7 +17,7 @@ from bench.recovery import RecoveryRun, recovery
 from bench.report import find
 from bench.scenarios import Bed, PipelineRun, bare_http, pipeline, plain_consumer
 from bench.workload import Harness
-from cli import processes
+from ops import processes
 from thalamus.simulator.process import running_simulator
 
 

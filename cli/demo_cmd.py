@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cli import processes
 from cli.publish_cmd import publish
 from core.events import identity
+from ops import processes
 from settings import load_settings
 
 #: The sample events: beside the source in a checkout, or in the working folder of an installed

@@ -12,9 +12,9 @@ import fakeredis
 import pytest
 import redis
 
-from cli import processes
 from core import outcomes
 from core.outcomes import DeadLetterRecord, Outcome, Streams
+from ops import processes
 
 EVENTS = "casesync:events"
 RESULTS = "casesync:results"

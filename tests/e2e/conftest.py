@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from cli import processes
 from cli.publish_cmd import publish
+from ops import processes
 from tests.conftest import DEAD_LETTER, EVENTS, RESULTS
 from thalamus.simulator.config import DEFAULT_TOUCHPOINT
 from thalamus.simulator.process import RunningSimulator, running_simulator

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from cli import processes
+from ops import processes
 from settings import Settings
 from tests.conftest import case_event
 from tests.e2e.conftest import Pipeline

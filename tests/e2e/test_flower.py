@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli import processes
+from ops import processes
 from tests.conftest import case_event
 from tests.e2e.conftest import Pipeline
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.processes import free_port
+from ops.processes import free_port
 from tests.conftest import case_event
 from tests.e2e.conftest import TOKEN, Pipeline
 from thalamus.simulator.record import RecordedRequest
