@@ -17,8 +17,8 @@ import queue
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field, replace
 
 import redis
@@ -177,12 +177,15 @@ class BatchApplier:
             if not isinstance(holds, BreakerOpen):
                 locks = {(lock_key(hold.case_id), token) for hold in holds if hold.held}
                 self._keeper.hold((), locks)
-            for runs in self._run(cases, holds):
+
+            def write(runs: list[CaseRun]) -> None:
                 written = self._write(runs, token, report)
                 freed = {(lock_key(run.case_id), token) for run in runs if run.held}
                 self._keeper.release(written, freed)
-                unwritten -= written
-                locks -= freed
+                unwritten.difference_update(written)
+                locks.difference_update(freed)
+
+            self._run(cases, holds, write)
         except redis.RedisError:
             self._give_back(unwritten, locks)
             raise
@@ -205,21 +208,28 @@ class BatchApplier:
         return items, invalid
 
     def _run(
-        self, cases: list[tuple[int, list[_Item]]], holds: list[CaseHold] | BreakerOpen
-    ) -> Iterator[list[CaseRun]]:
-        """The runs of every case, in groups that finished together."""
+        self,
+        cases: list[tuple[int, list[_Item]]],
+        holds: list[CaseHold] | BreakerOpen,
+        write: Callable[[list[CaseRun]], None],
+    ) -> None:
+        """Run every case, handing ``write`` the runs that finished together."""
         if isinstance(holds, BreakerOpen):
-            yield [self._wait_for_breaker(case_id, group) for case_id, group in cases]
+            write([self._wait_for_breaker(case_id, group) for case_id, group in cases])
             return
         work = list(zip(holds, (group for _, group in cases), strict=True))
         if len(work) == 1:
-            yield [self._run_case(*work[0])]
+            write([self._run_case(*work[0])])
             return
-        yield from _as_they_finish(
-            [self._executor.submit(self._run_case, *each) for each in work],
-            self._flush_interval,
-            self._clock,
-        )
+        futures = [self._executor.submit(self._run_case, *each) for each in work]
+        try:
+            _as_they_finish(futures, self._flush_interval, self._clock, write)
+        finally:
+            # Leave only once no case is still being sent: after a failed write the caller
+            # frees the unwritten cases, and a PUT still out must not race the next task's.
+            for future in futures:
+                future.cancel()
+            wait(futures)
 
     def _wait_for_breaker(self, case_id: int, group: list[_Item]) -> CaseRun:
         wait = self._policy.breaker_wait
@@ -409,9 +419,13 @@ class BatchApplier:
 
 
 def _as_they_finish(
-    futures: list[Future[CaseRun]], interval: float, clock: Callable[[], float]
-) -> Iterator[list[CaseRun]]:
-    """The futures' results in groups: all that finished within ``interval`` of the first.
+    futures: list[Future[CaseRun]],
+    interval: float,
+    clock: Callable[[], float],
+    write: Callable[[list[CaseRun]], None],
+) -> None:
+    """Hand ``write`` the futures' results in groups: all that finished within ``interval``
+    of the first.
 
     One callback per future feeds a queue; ``concurrent.futures.wait`` in a loop would hang a
     waiter on every pending future at each turn, quadratic in the batch.
@@ -432,7 +446,7 @@ def _as_they_finish(
             oldest = oldest if ready else clock()
             ready.append(future.result())
         if ready and (not left or clock() >= oldest + interval):
-            yield ready
+            write(ready)
             ready = []
 
 
