@@ -10,10 +10,12 @@ from core.retry_policy import (
     Retry,
     RetryPolicy,
     backoff,
+    busy_delay,
     decide,
 )
 from thalamus.errors import (
     DOCUMENTED_CODES,
+    NotSent,
     OutcomeUnknown,
     PermanentError,
     SessionExpired,
@@ -139,3 +141,27 @@ def test_transient_retries_spend_the_budget() -> None:
 
     assert isinstance(result, Retry)
     assert result.spends_budget is True
+
+
+@pytest.mark.parametrize(
+    ("waits", "ceiling"), [(0, 0.05), (1, 0.1), (2, 0.2), (5, 1.6), (6, 2.0), (40, 2.0)]
+)
+def test_waiting_for_a_busy_case_doubles_from_busy_base_up_to_busy_max_jittered(
+    waits: int, ceiling: float
+) -> None:
+    policy = RetryPolicy(busy_base=0.05, busy_max=2.0)
+
+    # Never less than half the ceiling, so waiting tasks spread out but do not spin.
+    assert busy_delay(waits, policy, lambda: 1.0) == pytest.approx(ceiling)
+    assert busy_delay(waits, policy, lambda: 0.0) == pytest.approx(ceiling / 2)
+    assert busy_delay(waits, policy, lambda: 0.5) == pytest.approx(ceiling * 0.75)
+
+
+@pytest.mark.parametrize(("retry_after", "delay"), [(None, 2.0), (7.0, 7.0), (500.0, 60.0)])
+def test_a_call_held_back_before_sending_waits_without_spending_the_budget(
+    retry_after: float | None, delay: float
+) -> None:
+    error = NotSent("held by the shared pause", retry_after=retry_after)
+
+    for attempts in (1, POLICY.max_attempts, POLICY.max_attempts + 3):
+        assert decision(error, attempts=attempts) == Retry(delay, spends_budget=False)
