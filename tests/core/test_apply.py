@@ -1196,12 +1196,6 @@ def test_a_redis_error_while_writing_outcomes_gives_the_case_back_and_keeps_the_
     assert_finished(rig, job)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG core/apply.py BatchApplier.apply: on a RedisError _give_back frees the locks "
-    "and reschedules the entries of cases still running on the executor, so the next task "
-    "sends the PUT again while the first is still out",
-)
 def test_a_redis_error_writing_one_case_does_not_free_a_case_whose_put_is_still_out(
     make_rig: MakeRig, thalamus: FakeThalamus, clock: Clock
 ) -> None:
