@@ -125,7 +125,9 @@ def build_http_client(
     )
     if per_thread and transport is None:
         one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        transport = PerThreadTransport(lambda: httpx.HTTPTransport(limits=one))
+        # One TLS context for all: each loads the CA bundle, about a megabyte apiece.
+        tls = httpx.create_ssl_context()
+        transport = PerThreadTransport(lambda: httpx.HTTPTransport(verify=tls, limits=one))
     # The session lives in the SessionCache only. httpx's own cookie jar would keep the last
     # Set-Cookie and send it on every request without a Cookie header, the login included, so a
     # "fresh" login would carry the refused session (PartyAlreadyLoggedin); it stores nothing.
