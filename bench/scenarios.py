@@ -169,7 +169,10 @@ class PipelineRun:
     name: str
     pool: str = "threads"
     workers: int = 1
+    #: Updates at once per worker process (its threads).
     concurrency: int = 64
+    #: Batches at once per worker: processes under prefork (CASESYNC_BATCHES); 0 = default.
+    batches: int = 0
     rate: float = 0.0  # events per second; 0: all at once
     count: int = 0  # events; 0: the bed's
 
@@ -193,11 +196,14 @@ def connection_env(bed: Bed) -> dict[str, str]:
 
 
 def worker_env(bed: Bed, run: PipelineRun) -> dict[str, str]:
-    return {
+    env = {
         **connection_env(bed),
         "CASESYNC_CONCURRENCY": str(run.concurrency),
         "CASESYNC_POOL": "threads" if run.pool == "gevent" else run.pool,
     }
+    if run.batches:
+        env["CASESYNC_BATCHES"] = str(run.batches)
+    return env
 
 
 def pipeline(bed: Bed, run: PipelineRun) -> Measurement:

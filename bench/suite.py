@@ -28,7 +28,7 @@ class Options:
     concurrency: int = 64
     #: Pools measured besides threads (the default); gevent only where it is installed.
     pools: tuple[str, ...] = ()
-    prefork_processes: int = 8
+    prefork_processes: int = 2
     paced_seconds: float = 3.0
     #: Scenarios needing more than one side: the paced run and two workers.
     derived: bool = True
@@ -66,11 +66,19 @@ def scenarios(options: Options, latency_ms: float) -> Iterator[Callable[[Bed], M
     yield plain_consumer
     yield partial(pipeline, run=PipelineRun("pipeline threads", concurrency=options.concurrency))
     for pool in available_pools(options.pools):
-        count = options.prefork_processes if pool == "prefork" else options.concurrency
-        yield partial(pipeline, run=PipelineRun(f"pipeline {pool}", pool=pool, concurrency=count))
+        yield partial(pipeline, run=_pool_run(options, pool))
     if options.derived and latency_ms > 0:
         two = PipelineRun("pipeline threads x2", workers=2, concurrency=options.concurrency)
         yield partial(pipeline, run=two)
+
+
+def _pool_run(options: Options, pool: str) -> PipelineRun:
+    """A pool at the same concurrency: prefork's processes share it out as threads each."""
+    if pool != "prefork":
+        return PipelineRun(f"pipeline {pool}", pool=pool, concurrency=options.concurrency)
+    processes = options.prefork_processes
+    threads = max(1, options.concurrency // processes)
+    return PipelineRun("pipeline prefork", pool=pool, concurrency=threads, batches=processes)
 
 
 def paced_run(options: Options, fastest: Measurement) -> PipelineRun:

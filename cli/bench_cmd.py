@@ -26,7 +26,12 @@ def register(subparsers: Any) -> None:
         default="",
         help="pools to measure besides threads: prefork, gevent (if installed), comma-separated",
     )
-    parser.add_argument("--prefork-processes", type=int, default=8, help="prefork's processes")
+    parser.add_argument(
+        "--prefork-processes",
+        type=int,
+        default=2,
+        help="prefork's processes (the concurrency is shared out)",
+    )
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
     parser.add_argument(
         "--recovery",
