@@ -223,7 +223,8 @@ class BatchApplier:
             return
         futures = [self._executor.submit(self._run_case, *each) for each in work]
         try:
-            _as_they_finish(futures, self._flush_interval, self._clock, write)
+            # Monotonic: a step of the wall clock must not hold outcomes back.
+            _as_they_finish(futures, self._flush_interval, time.monotonic, write)
         finally:
             # Leave only once no case is still being sent: after a failed write the caller
             # frees the unwritten cases, and a PUT still out must not race the next task's.
