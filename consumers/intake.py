@@ -21,7 +21,7 @@ from consumers.events import CaseChangeEvent, InvalidEvent, Limits, identity, pa
 from settings import keys
 from tasks import outcomes
 from tasks.apply import log_outcome
-from tasks.outcomes import DeadLetterRecord, Outcome, Streams
+from tasks.outcomes import DeadLetterRecord, Outcome, Reply, Streams
 
 log = logging.getLogger("casesync.intake")
 
@@ -160,11 +160,14 @@ class Intake:
         pipe = self._redis.pipeline(transaction=True)
         if accepted:
             pipe.zadd(keys.INFLIGHT, {item.entry_id: int(now * 1000) for item in accepted})
+        replies: list[Reply] = []
         for entry_id, problem in invalid:
             record = DeadLetterRecord(problem.raw, None, entry_id)
-            outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
+            outcome = outcomes.of_invalid(problem)
+            replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
         return len(entries)
@@ -233,6 +236,7 @@ class Intake:
             return
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
+        replies: list[Reply] = []
         for entry_id, fields in entries:
             raw = (fields or {}).get("event", "")
             detail = (
@@ -240,11 +244,11 @@ class Intake:
                 f"(CASESYNC_MAX_DELIVERIES={self._config.max_deliveries}): it may crash workers"
             )
             outcome = _poison_outcome(raw, detail)
-            outcomes.add_dead_letter(
-                pipe, self._streams, outcome, DeadLetterRecord(raw, None, entry_id), now
-            )
+            record = DeadLetterRecord(raw, None, entry_id)
+            replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
             pipe.xack(self._config.stream, self._config.group, entry_id)
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         for entry_id, fields in entries:
             log_outcome(_poison_outcome((fields or {}).get("event", ""), f"entry {entry_id}"))
 

@@ -225,11 +225,12 @@ class EventApplier:
     ) -> Result:
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
-        outcomes.add_outcome(pipe, self._streams, outcome, now)
+        replies = outcomes.add_outcome(pipe, self._streams, outcome, now)
         # A duplicate leaves the ledger as it is: its first outcome is the one remembered.
         ledger_value = outcome.type if ledger else None
         self._guards.add_finish(pipe, ek, held.token, ledger_value=ledger_value, newest=newest)
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         log_outcome(outcome)
         return Finished(outcome)
 
@@ -244,12 +245,13 @@ class EventApplier:
         now = self._clock()
         record = DeadLetterRecord(job.raw_event, job.first_attempt_at or now, job.entry_id)
         pipe = self._redis.pipeline(transaction=True)
-        outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
+        replies = outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
         if ek is not None and held is not None:
             self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
         else:
             pipe.zrem(keys.INFLIGHT, job.entry_id)
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         log_outcome(outcome)
         return Finished(outcome)
 

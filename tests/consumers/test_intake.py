@@ -166,6 +166,21 @@ def test_invalid_entries_are_dead_lettered_and_acknowledged_never_enqueued(
     assert outcomes(any_redis, "billing:results") == [results[1]]
 
 
+def test_a_dead_letters_reply_key_that_is_not_a_stream_does_not_stop_intake(
+    any_redis: redis.Redis, intake: Intake, queue: Queue
+) -> None:
+    any_redis.hset("billing:results", "field", "value")
+    publish(any_redis, "{}", event("e2", replyto="billing:results", type="x"), event("e3"))
+
+    assert drain(intake) == 3
+
+    assert queue.ids == ["e3"]
+    assert pending(any_redis) == 0
+    assert len(dead_letters(any_redis)) == 2
+    assert len(outcomes(any_redis)) == 2
+    assert any_redis.type("billing:results") == "hash"
+
+
 def test_when_enqueueing_fails_nothing_is_acknowledged_or_dead_lettered(
     any_redis: redis.Redis, intake: Intake, queue: Queue
 ) -> None:

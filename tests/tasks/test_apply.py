@@ -168,6 +168,26 @@ def test_the_outcome_also_goes_to_the_replyto_stream(
     assert len(outcomes_on(fake_redis)) == 1
 
 
+@pytest.mark.parametrize("kind", ["hash", "list"])
+def test_a_replyto_key_that_is_not_a_stream_does_not_hold_up_or_retry_the_outcome(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis, kind: str
+) -> None:
+    if kind == "hash":
+        fake_redis.hset("billing:case-results", "field", "value")
+    else:
+        fake_redis.rpush("billing:case-results", "message")
+    raw = event(replyto="billing:case-results", comments=[{"description": "once"}])
+
+    result = finished(applier.apply(Job(raw, "1-0")))
+
+    assert result.outcome is not None
+    assert result.outcome.type == "casesync.update.applied"
+    assert [o["data"]["requestId"] for o in outcomes_on(fake_redis)] == ["e1"]
+    assert fake_redis.type("billing:case-results") == kind
+    assert fake_redis.keys("casesync:lock:*") == []
+    assert len(thalamus.sent("PUT")) == 1
+
+
 def test_a_partial_case_data_is_completed_from_the_current_case(
     applier: EventApplier, thalamus: FakeThalamus
 ) -> None:
