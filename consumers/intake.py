@@ -235,6 +235,7 @@ class Intake:
         if not entries:
             return
         now = self._clock()
+        limits = self._config.limits
         pipe = self._redis.pipeline(transaction=True)
         replies: list[Reply] = []
         for entry_id, fields in entries:
@@ -243,14 +244,15 @@ class Intake:
                 f"the entry was delivered {deliveries[entry_id]} times without being handed on "
                 f"(CASESYNC_MAX_DELIVERIES={self._config.max_deliveries}): it may crash workers"
             )
-            outcome = _poison_outcome(raw, detail)
+            outcome = _poison_outcome(raw, detail, limits)
             record = DeadLetterRecord(raw, None, entry_id)
             replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
             pipe.xack(self._config.stream, self._config.group, entry_id)
         pipe.execute()
         outcomes.send_replies(self._redis, self._streams, replies)
         for entry_id, fields in entries:
-            log_outcome(_poison_outcome((fields or {}).get("event", ""), f"entry {entry_id}"))
+            raw = (fields or {}).get("event", "")
+            log_outcome(_poison_outcome(raw, f"entry {entry_id}", limits))
 
     def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
         """Read until ``stop`` is set; failures are logged and waited out, never fatal."""
@@ -299,5 +301,6 @@ class Intake:
             log.warning("intake: could not leave the consumer group: %s", exc)
 
 
-def _poison_outcome(raw: str, detail: str) -> Outcome:
-    return outcomes.of_invalid(InvalidEvent(POISON_EVENT, detail, raw=raw, partial=identity(raw)))
+def _poison_outcome(raw: str, detail: str, limits: Limits) -> Outcome:
+    partial = identity(raw, limits)
+    return outcomes.of_invalid(InvalidEvent(POISON_EVENT, detail, raw=raw, partial=partial))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ def limits_of(settings: Settings) -> Limits:
         max_event_bytes=settings.max_event_bytes,
         max_comments=settings.max_comments,
         max_case_data_fields=settings.max_case_data_fields,
+        replyto_pattern=re.compile(settings.replyto_pattern),
+        own_streams=frozenset(
+            {settings.events_stream, settings.results_stream, settings.dead_letter_stream}
+        ),
+        task_queue=settings.task_queue,
     )
 
 

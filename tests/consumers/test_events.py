@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from consumers.events import (
     identity,
     parse_entry,
     parse_event,
+    replyto_problem,
 )
+from settings import REPLYTO_PATTERN
 
 
 def event(**changes: Any) -> dict[str, Any]:
@@ -315,9 +318,14 @@ def test_identity_of_broken_input_is_empty_or_partial_never_an_error(raw: str) -
 
 
 def test_identity_reads_what_it_can_and_ignores_wrong_types() -> None:
-    raw = json.dumps({"id": "e1", "source": 3, "data": {"caseInstanceId": True}, "replyto": "r"})
+    document = {"id": "e1", "source": 3, "data": {"caseInstanceId": True}, "replyto": "team:r"}
 
-    assert identity(raw) == {"id": "e1", "source": None, "caseInstanceId": None, "replyto": "r"}
+    assert identity(json.dumps(document)) == {
+        "id": "e1",
+        "source": None,
+        "caseInstanceId": None,
+        "replyto": "team:r",
+    }
 
 
 def test_the_detail_lists_several_problems_and_counts_the_rest() -> None:
@@ -328,3 +336,132 @@ def test_the_detail_lists_several_problems_and_counts_the_rest() -> None:
     assert problem.detail.count(";") == 5
     assert problem.detail.endswith("more")
     assert "specversion" in problem.detail
+
+
+# replyto: never a key casesync or Celery uses, and what CASESYNC_REPLYTO_PATTERN allows.
+
+#: Every key casesync, Celery and kombu use, with the default settings.
+RESERVED_KEYS = [
+    "casesync",  # the task queue: writing a stream there stopped every worker
+    "casesync\x06\x163",  # the task queue at a priority (kombu's suffix)
+    "casesync:events",
+    "casesync:results",
+    "casesync:dead-letter",
+    "casesync:ledger:3:urn:e1",
+    "casesync:lock:case:12345",
+    "casesync:breaker:open",
+    "_kombu.binding.casesync",
+    "_kombu.binding.celeryev",
+    "_kombu.binding.celery.pidbox",
+    "unacked",
+    "unacked_index",
+    "unacked_mutex",
+    "celery",
+    "celeryev",
+    "celeryev.3f1e2a",
+    "celery@host.celery.pidbox",
+    "4a1b7c2e.reply.celery.pidbox",
+]
+
+
+@pytest.mark.parametrize("name", RESERVED_KEYS)
+def test_a_replyto_naming_a_key_casesync_or_celery_uses_is_an_invalid_event(name: str) -> None:
+    problem = refusal(event(replyto=name))
+
+    assert problem.reason == INVALID_EVENT
+    assert "casesync, Celery or kombu uses" in problem.detail
+    assert problem.partial["replyto"] is None, "its outcome must not go there either"
+
+
+@pytest.mark.parametrize("name", RESERVED_KEYS)
+def test_no_replyto_pattern_setting_lets_a_reserved_key_through(name: str) -> None:
+    anything = Limits(replyto_pattern=re.compile(r"(?s).*"))
+
+    assert replyto_problem(name, anything) is not None
+
+
+@pytest.mark.parametrize("name", RESERVED_KEYS)
+def test_the_default_replyto_pattern_alone_excludes_every_reserved_key(name: str) -> None:
+    assert re.fullmatch(REPLYTO_PATTERN, name) is None
+
+
+def test_the_configured_streams_and_task_queue_are_reserved_whatever_they_are_called() -> None:
+    limits = Limits(
+        own_streams=frozenset({"ops:events", "ops:results", "ops:dead"}), task_queue="ops-tasks"
+    )
+
+    for name in ("ops:events", "ops:results", "ops:dead", "ops-tasks", "ops-tasks\x06\x169"):
+        assert replyto_problem(name, limits) is not None, name
+    assert replyto_problem("ops:case-results", limits) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "results",  # no namespace
+        ":results",
+        "billing:",
+        "billing:case results",  # a space
+        "billing:résultats",  # not ASCII
+        "billing:case\nresults",
+        "billing:case\x00results",
+        "_private:results",
+        "Casesync",
+        "billing:" + "r" * 250,  # longer than 256
+    ],
+)
+def test_a_replyto_the_pattern_does_not_allow_is_an_invalid_event_naming_the_setting(
+    name: str,
+) -> None:
+    problem = refusal(event(replyto=name))
+
+    assert problem.reason == INVALID_EVENT
+    assert "replyto" in problem.detail
+    assert problem.partial["replyto"] is None
+
+
+def test_a_replyto_over_256_characters_is_refused_before_any_pattern_runs() -> None:
+    assert "over the limit of 256" in (replyto_problem("billing:" + "r" * 250) or "")
+
+
+def test_the_detail_of_a_replyto_off_pattern_names_the_setting() -> None:
+    assert "CASESYNC_REPLYTO_PATTERN" in refusal(event(replyto="results")).detail
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "billing:case-results",
+        "team:results",
+        "billing.eu:case_results/v2",
+        "crm-2:{tenant-7}:results",
+        "Billing:Results",
+        "a:b",
+    ],
+)
+def test_a_replyto_of_a_publishers_own_stream_is_accepted(name: str) -> None:
+    parsed = parse_event(json.dumps(event(replyto=name)))
+
+    assert parsed.replyto == name
+
+
+def test_a_narrower_replyto_pattern_refuses_what_it_does_not_match() -> None:
+    billing_only = Limits(replyto_pattern=re.compile(r"billing:[a-z-]+"))
+
+    assert parse_event(json.dumps(event()), billing_only).replyto == "billing:case-results"
+    problem = refusal(event(replyto="team:results"), billing_only)
+    assert "CASESYNC_REPLYTO_PATTERN" in problem.detail
+    assert "billing:[a-z-]+" in problem.detail
+
+
+def test_an_event_invalid_for_another_reason_does_not_reply_to_a_reserved_key() -> None:
+    problem = refusal(event(replyto="casesync", data__typeCode=...))
+
+    assert problem.reason == CODE_REQUIRED
+    assert problem.partial["replyto"] is None
+
+
+def test_identity_drops_a_replyto_the_rules_refuse() -> None:
+    raw = json.dumps({"id": "e1", "replyto": "unacked"})
+
+    assert identity(raw)["replyto"] is None

@@ -166,6 +166,23 @@ def test_invalid_entries_are_dead_lettered_and_acknowledged_never_enqueued(
     assert outcomes(any_redis, "billing:results") == [results[1]]
 
 
+@pytest.mark.parametrize("name", ["casesync", "unacked", "_kombu.binding.casesync"])
+def test_an_entry_replying_to_a_key_celery_uses_is_dead_lettered_and_the_key_left_alone(
+    any_redis: redis.Redis, intake: Intake, queue: Queue, name: str
+) -> None:
+    publish(any_redis, event("bad", replyto=name), event("ok"))
+
+    drain(intake)
+
+    assert queue.ids == ["ok"]
+    [letter] = dead_letters(any_redis)
+    assert letter["reason"] == "invalidEvent"
+    assert "replyto" in letter["detail"]
+    assert [o["data"]["requestId"] for o in outcomes(any_redis)] == ["bad"]
+    assert any_redis.exists(name) == 0
+    assert pending(any_redis) == 0
+
+
 def test_a_dead_letters_reply_key_that_is_not_a_stream_does_not_stop_intake(
     any_redis: redis.Redis, intake: Intake, queue: Queue
 ) -> None:

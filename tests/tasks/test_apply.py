@@ -581,6 +581,22 @@ def test_an_invalid_event_reaching_the_task_is_dead_lettered_without_a_call(
     assert letter["requestId"] == "e1"
 
 
+def test_an_event_replying_to_the_task_queue_that_reaches_the_task_is_dead_lettered_there(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
+) -> None:
+    # Queued before intake refused such events: the task checks again, and writes nothing there.
+    raw = event(replyto="casesync")
+
+    result = finished(applier.apply(Job(raw, "1-0")))
+
+    assert result.outcome is not None
+    assert result.outcome.reason == "invalidEvent"
+    assert "casesync, Celery or kombu uses" in (result.outcome.detail or "")
+    assert thalamus.requests == []
+    assert fake_redis.exists("casesync") == 0
+    assert len(outcomes_on(fake_redis)) == 1
+
+
 def test_each_outcome_releases_the_case_lock(
     applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
 ) -> None:

@@ -1,4 +1,5 @@
-"""How the worker connects to Redis: single servers, TLS and sentinels."""
+"""How the worker is put together from the settings: Redis (single servers, TLS, sentinels) and
+the limits its events are checked against."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 import redis
 
+from consumers.events import replyto_problem
 from settings import Settings
-from tasks.runtime import redis_client, sentinel_parts
+from tasks.runtime import limits_of, redis_client, sentinel_parts
 
 
 def test_a_sentinel_url_lists_every_sentinel_with_its_password_and_database() -> None:
@@ -37,3 +39,19 @@ def test_a_sentinel_url_follows_the_named_master() -> None:
     assert pool.service_name == "casesync-master"
     sentinels = pool.sentinel_manager.sentinels
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+
+
+def test_the_workers_check_replyto_against_the_configured_names_and_pattern() -> None:
+    settings = Settings(
+        events_stream="ops:events",
+        results_stream="ops:results",
+        dead_letter_stream="ops:dead",
+        task_queue="ops-tasks",
+        replyto_pattern=r"team:[a-z]+",
+    )
+    limits = limits_of(settings)
+
+    for stream in ("ops:events", "ops:results", "ops:dead", "ops-tasks", "ops-tasks\x06\x163"):
+        assert replyto_problem(stream, limits) is not None, stream
+    assert replyto_problem("team:results", limits) is None
+    assert "CASESYNC_REPLYTO_PATTERN" in (replyto_problem("billing:results", limits) or "")
