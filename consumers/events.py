@@ -1,8 +1,8 @@
 """Incoming case-change events: parse and validate a stream entry (contract §2).
 
 Pure code: a stream entry's fields go in, a :class:`CaseChangeEvent` or an :class:`InvalidEvent`
-(with the dead-letter reason and a detail a person can act on) comes out. The settings it
-checks against come in as an argument (:class:`Limits`).
+(with the dead-letter reason and a detail a person can act on) comes out. The clock and the
+settings it checks against come in as arguments (``now``, :class:`Limits`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class Limits:
     max_event_bytes: int = 256 * 1024
     max_comments: int = 100
     max_case_data_fields: int = 200
+    #: Seconds an event's ``time`` may lie ahead of the clock (CASESYNC_MAX_CLOCK_SKEW).
+    max_clock_skew: float = 300.0
     #: What a ``replyto`` must match in whole (CASESYNC_REPLYTO_PATTERN).
     replyto_pattern: re.Pattern[str] = re.compile(REPLYTO_PATTERN)
     #: casesync's streams, as configured: never a reply stream.
@@ -128,8 +130,13 @@ class CaseChangeEvent(BaseModel):
         return self.data.caseInstanceId
 
 
-def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChangeEvent:
-    """The event of a stream entry, or :class:`InvalidEvent` saying why it cannot be applied."""
+def parse_entry(
+    fields: dict[str, str], limits: Limits = Limits(), *, now: float
+) -> CaseChangeEvent:
+    """The event of a stream entry, or :class:`InvalidEvent` saying why it cannot be applied.
+
+    ``now`` is the reader's clock (epoch seconds), against which ``time`` is checked.
+    """
     raw = fields.get(EVENT_FIELD)
     if raw is None:
         found = ", ".join(sorted(fields)) or "none"
@@ -140,7 +147,7 @@ def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChange
             partial={},
         )
     try:
-        return parse_event(raw, limits)
+        return parse_event(raw, limits, now=now)
     except InvalidEvent:
         raise
     except Exception as exc:
@@ -153,8 +160,8 @@ def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChange
         ) from exc
 
 
-def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
-    """Validate one event's JSON text against contract §2 and the limits."""
+def parse_event(raw: str, limits: Limits = Limits(), *, now: float) -> CaseChangeEvent:
+    """Validate one event's JSON text against contract §2, the limits and the clock ``now``."""
     size = len(raw.encode("utf-8", errors="replace"))
     if size > limits.max_event_bytes:
         raise InvalidEvent(
@@ -171,7 +178,9 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
         event = CaseChangeEvent.model_validate(document)
     except ValidationError as exc:
         raise InvalidEvent(_reason(exc), _describe(exc), raw=raw, partial=partial) from None
-    problem = event.replyto and replyto_problem(event.replyto, limits)
+    problem = _time_problem(event, limits, now) or (
+        event.replyto and replyto_problem(event.replyto, limits)
+    )
     if problem:
         raise InvalidEvent(INVALID_EVENT, problem, raw=raw, partial=partial)
     return event
@@ -203,6 +212,17 @@ def replyto_problem(name: str, limits: Limits = Limits()) -> str | None:
             f"{limits.replyto_pattern.pattern!r}"
         )
     return None
+
+
+def _time_problem(event: CaseChangeEvent, limits: Limits, now: float) -> str | None:
+    """Why ``time`` cannot be taken: a change from the future would supersede every real one."""
+    ahead = event.time.timestamp() - now
+    if ahead <= limits.max_clock_skew:
+        return None
+    return (
+        f"time {event.time.isoformat()} is {ahead:.0f} s ahead of casesync's clock, over the "
+        f"limit of {limits.max_clock_skew:g} s (CASESYNC_MAX_CLOCK_SKEW)"
+    )
 
 
 def identity(raw: str, limits: Limits = Limits()) -> dict[str, Any]:

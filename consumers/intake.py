@@ -143,20 +143,20 @@ class Intake:
         """Enqueue the valid entries, dead-letter the others, then acknowledge them all."""
         if not entries:
             return 0
+        now = self._clock()
         accepted: list[Accepted] = []
         invalid: list[tuple[str, InvalidEvent]] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending: nothing to apply
                 continue
             try:
-                event = parse_entry(fields, self._config.limits)
+                event = parse_entry(fields, self._config.limits, now=now)
             except InvalidEvent as exc:
                 invalid.append((entry_id, exc))
             else:
                 accepted.append(Accepted(entry_id, fields["event"], event))
         if accepted:
             self._enqueue(accepted)
-        now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
         if accepted:
             pipe.zadd(keys.INFLIGHT, {item.entry_id: int(now * 1000) for item in accepted})
@@ -189,7 +189,7 @@ class Intake:
         for entry_id, found in zip(entry_ids, pipe.execute(), strict=True):
             fields = found[0][1] if found else None
             try:
-                event = parse_entry(fields or {}, self._config.limits)
+                event = parse_entry(fields or {}, self._config.limits, now=now)
             except InvalidEvent:
                 self._redis.zrem(keys.INFLIGHT, entry_id)  # trimmed away: nothing to hand on
                 continue

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     )
     max_comments: int = Field(100, ge=0, description="Most comments in one event.")
     max_case_data_fields: int = Field(200, ge=0, description="Most `caseData` fields in one event.")
+    max_clock_skew: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds an event's `time` may lie ahead of the worker's clock; an event "
+        "further in the future is `invalidEvent` (it would supersede every real change).",
+    )
     replyto_pattern: str = Field(
         REPLYTO_PATTERN,
         description="Regular expression the whole `replyto` stream name must match. Keys that "

@@ -104,7 +104,7 @@ class EventApplier:
 
     def apply(self, job: Job) -> Result:
         try:
-            event = parse_event(job.raw_event, self._limits)
+            event = parse_event(job.raw_event, self._limits, now=self._clock())
         except InvalidEvent as invalid:
             outcome = outcomes.of_invalid(invalid, job.attempts)
             return self._finish_dead(job, outcome, None, None)

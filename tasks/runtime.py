@@ -120,6 +120,7 @@ def limits_of(settings: Settings) -> Limits:
         max_event_bytes=settings.max_event_bytes,
         max_comments=settings.max_comments,
         max_case_data_fields=settings.max_case_data_fields,
+        max_clock_skew=settings.max_clock_skew,
         replyto_pattern=re.compile(settings.replyto_pattern),
         own_streams=frozenset(
             {settings.events_stream, settings.results_stream, settings.dead_letter_stream}

@@ -78,6 +78,7 @@ def test_a_variable_wins_over_the_dotenv_file(
         ("CASESYNC_READ_TIMEOUT", "-1"),
         ("CASESYNC_METRICS_PORT", "70000"),
         ("CASESYNC_REPLYTO_PATTERN", "billing:(results"),
+        ("CASESYNC_MAX_CLOCK_SKEW", "-5"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_one_line_naming_the_variable(

@@ -21,6 +21,9 @@ from consumers.events import (
 )
 from settings import REPLYTO_PATTERN
 
+#: The reader's clock: five minutes after the sample event's time.
+NOW = 1_795_861_200.0  # 2026-11-28T10:20:00Z
+
 
 def event(**changes: Any) -> dict[str, Any]:
     """The contract's sample event; ``data__x`` changes ``data.x``; a value of ``...`` removes."""
@@ -56,12 +59,12 @@ def event(**changes: Any) -> dict[str, Any]:
 def refusal(document: Any, limits: Limits | None = None) -> InvalidEvent:
     raw = document if isinstance(document, str) else json.dumps(document)
     with pytest.raises(InvalidEvent) as caught:
-        parse_event(raw, limits or Limits())
+        parse_event(raw, limits or Limits(), now=NOW)
     return caught.value
 
 
 def test_the_contract_sample_event_is_accepted_with_every_field() -> None:
-    parsed = parse_entry({"event": json.dumps(event())})
+    parsed = parse_entry({"event": json.dumps(event())}, now=NOW)
 
     assert parsed.case_id == 12345
     assert (parsed.id, parsed.source) == (
@@ -85,7 +88,7 @@ def test_only_required_fields_are_enough() -> None:
     for name in ("resolution", "comments", "caseData"):
         minimal["data"].pop(name)
 
-    parsed = parse_event(json.dumps(minimal))
+    parsed = parse_event(json.dumps(minimal), now=NOW)
 
     assert parsed.data.update().body() == {"categoryCode": "Reclamo", "typeCode": "Telefonico"}
 
@@ -148,7 +151,7 @@ def test_a_time_that_is_not_rfc3339_with_an_offset_is_an_invalid_event(time: Any
     ["2026-11-28T10:15:00Z", "2026-11-28T11:15:00+01:00", "2026-11-28T10:15:00.123456Z"],
 )
 def test_rfc3339_times_with_an_offset_are_accepted(time: str) -> None:
-    assert parse_event(json.dumps(event(time=time))).time.timestamp() == pytest.approx(
+    assert parse_event(json.dumps(event(time=time)), now=NOW).time.timestamp() == pytest.approx(
         1795860900, abs=1
     )
 
@@ -184,7 +187,7 @@ def test_unknown_keys_in_a_comment_are_refused() -> None:
 
 
 def test_unknown_top_level_extension_attributes_are_allowed() -> None:
-    parsed = parse_event(json.dumps(event(traceparent="00-abc-def-01", tenant="acme")))
+    parsed = parse_event(json.dumps(event(traceparent="00-abc-def-01", tenant="acme")), now=NOW)
 
     assert parsed.case_id == 12345
     assert "traceparent" not in parsed.data.update().body()
@@ -244,7 +247,7 @@ def test_text_that_is_not_a_json_object_is_an_invalid_event(raw: str, said: str)
 
 def test_an_entry_without_an_event_field_is_an_invalid_event_listing_its_fields() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_entry({"payload": json.dumps(event()), "kind": "x"})
+        parse_entry({"payload": json.dumps(event()), "kind": "x"}, now=NOW)
 
     assert caught.value.reason == INVALID_EVENT
     assert "'event'" in caught.value.detail
@@ -290,7 +293,9 @@ def test_too_many_case_data_fields_names_the_variable() -> None:
 
 def test_limits_are_inclusive() -> None:
     comments = [{"description": f"c{n}"} for n in range(3)]
-    parsed = parse_event(json.dumps(event(data__comments=comments)), Limits(max_comments=3))
+    parsed = parse_event(
+        json.dumps(event(data__comments=comments)), Limits(max_comments=3), now=NOW
+    )
 
     assert parsed.data.comments is not None
     assert len(parsed.data.comments) == 3
@@ -440,7 +445,7 @@ def test_the_detail_of_a_replyto_off_pattern_names_the_setting() -> None:
     ],
 )
 def test_a_replyto_of_a_publishers_own_stream_is_accepted(name: str) -> None:
-    parsed = parse_event(json.dumps(event(replyto=name)))
+    parsed = parse_event(json.dumps(event(replyto=name)), now=NOW)
 
     assert parsed.replyto == name
 
@@ -448,7 +453,7 @@ def test_a_replyto_of_a_publishers_own_stream_is_accepted(name: str) -> None:
 def test_a_narrower_replyto_pattern_refuses_what_it_does_not_match() -> None:
     billing_only = Limits(replyto_pattern=re.compile(r"billing:[a-z-]+"))
 
-    assert parse_event(json.dumps(event()), billing_only).replyto == "billing:case-results"
+    assert parse_event(json.dumps(event()), billing_only, now=NOW).replyto == "billing:case-results"
     problem = refusal(event(replyto="team:results"), billing_only)
     assert "CASESYNC_REPLYTO_PATTERN" in problem.detail
     assert "billing:[a-z-]+" in problem.detail
@@ -465,3 +470,34 @@ def test_identity_drops_a_replyto_the_rules_refuse() -> None:
     raw = json.dumps({"id": "e1", "replyto": "unacked"})
 
     assert identity(raw)["replyto"] is None
+
+
+# time: not further in the future than CASESYNC_MAX_CLOCK_SKEW.
+
+
+def test_an_event_from_the_future_is_an_invalid_event_naming_the_setting() -> None:
+    problem = refusal(event(time="2026-11-28T10:25:01Z"))  # 301 s after NOW
+
+    assert problem.reason == INVALID_EVENT
+    assert "CASESYNC_MAX_CLOCK_SKEW" in problem.detail
+    assert "301 s ahead" in problem.detail
+    assert problem.partial["id"] == "0b7e6f1c-2d0a-4c47-9a61-3f1f5f0c9a11", "its outcome names it"
+
+
+@pytest.mark.parametrize("time", ["9999-12-31T23:59:59Z", "2126-11-28T10:15:00+14:00"])
+def test_an_event_from_the_far_future_cannot_supersede_every_change_of_its_case(time: str) -> None:
+    assert "CASESYNC_MAX_CLOCK_SKEW" in refusal(event(time=time)).detail
+
+
+@pytest.mark.parametrize(
+    "time", ["2026-11-28T10:25:00Z", "2026-11-28T11:25:00+01:00", "2020-01-01T00:00:00Z"]
+)
+def test_an_event_within_the_clock_skew_or_from_the_past_is_accepted(time: str) -> None:
+    assert parse_event(json.dumps(event(time=time)), now=NOW).case_id == 12345
+
+
+def test_the_clock_skew_is_a_setting() -> None:
+    raw = json.dumps(event(time="2026-11-28T10:20:01Z"))
+
+    assert "CASESYNC_MAX_CLOCK_SKEW" in refusal(raw, Limits(max_clock_skew=0)).detail
+    assert parse_event(raw, Limits(max_clock_skew=1), now=NOW).case_id == 12345

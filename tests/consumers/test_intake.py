@@ -183,6 +183,20 @@ def test_an_entry_replying_to_a_key_celery_uses_is_dead_lettered_and_the_key_lef
     assert pending(any_redis) == 0
 
 
+def test_an_entry_from_the_future_is_dead_lettered_by_intakes_clock(
+    any_redis: redis.Redis, queue: Queue
+) -> None:
+    publish(any_redis, event("future"))  # 2026-11-28T10:15:00Z
+    config = IntakeConfig(EVENTS, GROUP, "alive", QUEUE, block_ms=10)
+    an_hour_before = Intake(any_redis, config, STREAMS, queue, clock=lambda: 1_795_857_300.0)
+
+    drain(an_hour_before)
+
+    assert queue.ids == []
+    [letter] = dead_letters(any_redis)
+    assert "CASESYNC_MAX_CLOCK_SKEW" in letter["detail"]
+
+
 def test_a_dead_letters_reply_key_that_is_not_a_stream_does_not_stop_intake(
     any_redis: redis.Redis, intake: Intake, queue: Queue
 ) -> None:

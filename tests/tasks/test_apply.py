@@ -597,6 +597,20 @@ def test_an_event_replying_to_the_task_queue_that_reaches_the_task_is_dead_lette
     assert len(outcomes_on(fake_redis)) == 1
 
 
+def test_an_event_from_the_future_reaching_the_task_is_dead_lettered_without_a_call(
+    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis, clock: Clock
+) -> None:
+    raw = event(time=iso_time(clock.now + 3600))
+
+    result = finished(applier.apply(Job(raw, "1-0")))
+
+    assert result.outcome is not None
+    assert result.outcome.reason == "invalidEvent"
+    assert "CASESYNC_MAX_CLOCK_SKEW" in (result.outcome.detail or "")
+    assert thalamus.requests == []
+    assert fake_redis.keys("casesync:newest:*") == [], "it supersedes nothing"
+
+
 def test_each_outcome_releases_the_case_lock(
     applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
 ) -> None:

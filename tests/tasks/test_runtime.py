@@ -41,13 +41,14 @@ def test_a_sentinel_url_follows_the_named_master() -> None:
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
 
 
-def test_the_workers_check_replyto_against_the_configured_names_and_pattern() -> None:
+def test_the_workers_check_replyto_and_time_against_the_configured_names_and_settings() -> None:
     settings = Settings(
         events_stream="ops:events",
         results_stream="ops:results",
         dead_letter_stream="ops:dead",
         task_queue="ops-tasks",
         replyto_pattern=r"team:[a-z]+",
+        max_clock_skew=60,
     )
     limits = limits_of(settings)
 
@@ -55,3 +56,4 @@ def test_the_workers_check_replyto_against_the_configured_names_and_pattern() ->
         assert replyto_problem(stream, limits) is not None, stream
     assert replyto_problem("team:results", limits) is None
     assert "CASESYNC_REPLYTO_PATTERN" in (replyto_problem("billing:results", limits) or "")
+    assert limits.max_clock_skew == 60
