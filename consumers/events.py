@@ -35,6 +35,10 @@ CODE_REQUIRED = "CodeRequired"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
+#: The API's case id is an integer, no larger than a signed 64-bit one in any server we know of:
+#: a larger one could only fail there, and how (a 400, or a 500 that is retried and trips the
+#: breaker for every worker) would be up to the server.
+MAX_CASE_ID = 2**63 - 1
 MAX_REPLYTO_LENGTH = 256
 
 #: kombu's Redis transport keeps its unacknowledged tasks in these keys.
@@ -84,7 +88,7 @@ class InvalidEvent(Exception):
 class CaseChange(CaseUpdate):
     """``data`` of an event: the update-case body plus the case id; caseData may be partial."""
 
-    caseInstanceId: StrictInt = Field(gt=0)
+    caseInstanceId: StrictInt = Field(gt=0, le=MAX_CASE_ID)
 
     def update(self) -> CaseUpdate:
         return CaseUpdate.model_validate(self.model_dump(exclude={"caseInstanceId"}))
@@ -146,22 +150,27 @@ def parse_entry(
             raw=json.dumps(fields)[: limits.max_event_bytes],
             partial={},
         )
+    return parse_event(raw, limits, now=now)
+
+
+def parse_event(raw: str, limits: Limits = Limits(), *, now: float) -> CaseChangeEvent:
+    """Validate one event's JSON text against contract §2, the limits and the clock ``now``."""
     try:
-        return parse_event(raw, limits, now=now)
+        return _parse_event(raw, limits, now)
     except InvalidEvent:
         raise
     except Exception as exc:
-        # Whatever upstream sent must end as a dead letter, never as a crashed intake.
+        # Whatever upstream sent must end as a dead letter, never as a crashed intake or a task
+        # retried for ever.
         raise InvalidEvent(
             INVALID_EVENT,
-            f"the event could not be read ({type(exc).__name__}: {exc})",
+            f"the event could not be read ({type(exc).__name__}: {str(exc)[:200]})",
             raw=raw,
             partial={},
         ) from exc
 
 
-def parse_event(raw: str, limits: Limits = Limits(), *, now: float) -> CaseChangeEvent:
-    """Validate one event's JSON text against contract §2, the limits and the clock ``now``."""
+def _parse_event(raw: str, limits: Limits, now: float) -> CaseChangeEvent:
     size = len(raw.encode("utf-8", errors="replace"))
     if size > limits.max_event_bytes:
         raise InvalidEvent(
@@ -242,8 +251,10 @@ def _load_object(raw: str) -> dict[str, Any]:
             INVALID_EVENT, "the event is not valid UTF-8 text", raw=raw, partial={}
         ) from None
     try:
+        # Nesting deeper than the recursion limit stops the parser at once (RecursionError);
+        # an integer of more than 4,300 digits is a ValueError.
         document = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidEvent(
             INVALID_EVENT, f"the event is not JSON: {exc}", raw=raw, partial={}
         ) from None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import threading
+import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumers.events import (
     CODE_REQUIRED,
@@ -501,3 +506,67 @@ def test_the_clock_skew_is_a_setting() -> None:
 
     assert "CASESYNC_MAX_CLOCK_SKEW" in refusal(raw, Limits(max_clock_skew=0)).detail
     assert parse_event(raw, Limits(max_clock_skew=1), now=NOW).case_id == 12345
+
+
+# Other bounds on what one event may hold.
+
+
+def test_the_largest_64_bit_case_id_is_accepted() -> None:
+    parsed = parse_event(json.dumps(event(data__caseInstanceId=2**63 - 1, subject=...)), now=NOW)
+
+    assert parsed.case_id == 2**63 - 1
+
+
+@pytest.mark.parametrize("case_id", [2**63, 10**100])
+def test_a_case_id_beyond_64_bits_is_an_invalid_event(case_id: int) -> None:
+    problem = refusal(event(data__caseInstanceId=case_id, subject=...))
+
+    assert problem.reason == INVALID_EVENT
+    assert "data.caseInstanceId" in problem.detail
+
+
+def test_an_integer_of_thousands_of_digits_is_an_invalid_event_not_a_crash() -> None:
+    # Python refuses to convert more than 4,300 digits: a ValueError, not a JSON error.
+    raw = json.dumps(event()).replace('"caseInstanceId": 12345', '"caseInstanceId": ' + "7" * 5000)
+
+    problem = refusal(raw)
+
+    assert problem.reason == INVALID_EVENT
+    assert identity(raw) == {}
+
+
+@pytest.mark.parametrize("name", ["id", "source"])
+def test_an_id_or_source_over_1024_characters_is_an_invalid_event(name: str) -> None:
+    problem = refusal(event(**{name: "x" * 1025}))
+
+    assert problem.reason == INVALID_EVENT
+    assert problem.detail.startswith(name)
+
+
+def test_deep_nesting_within_the_size_limit_is_refused_at_once_in_a_worker_thread() -> None:
+    # Intake and the update tasks run in threads: the parser must stop at its depth limit, well
+    # before it runs out of a thread's stack, and fast.
+    nested = "[" * 200_000 + "]" * 200_000
+    raw = json.dumps(event()).replace('"data":', f'"x": {nested}, "data":')
+    problems: list[InvalidEvent] = []
+
+    def parse() -> None:
+        with pytest.raises(InvalidEvent) as caught:
+            parse_event(raw, Limits(max_event_bytes=len(raw)), now=NOW)
+        problems.append(caught.value)
+
+    started = time.perf_counter()
+    worker = threading.Thread(target=parse)
+    worker.start()
+    worker.join()
+
+    assert time.perf_counter() - started < 0.5
+    [problem] = problems
+    assert problem.reason == INVALID_EVENT
+    assert "not JSON" in problem.detail
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+def test_any_text_at_all_is_an_event_or_an_invalid_event_never_another_error(raw: str) -> None:
+    with contextlib.suppress(InvalidEvent):
+        parse_event(raw, now=NOW)
