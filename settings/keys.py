@@ -12,9 +12,6 @@ PREFIX = "casesync"
 LEDGER = f"{PREFIX}:ledger"
 #: One update in flight per case: holds the owner's token; expires if the owner dies.
 CASE_LOCK = f"{PREFIX}:lock:case"
-#: Events waiting for a case another worker is updating -> when each last found it busy (ms).
-#: Their number spaces out their polls, so a flood of one case does not crowd out the others.
-CASE_WAITING = f"{PREFIX}:waiting:case"
 #: Newest change applied to a case, as an order key (see tasks.ordering); lives as the ledger.
 CASE_NEWEST = f"{PREFIX}:newest:case"
 #: Stream entries whose outcome is written: a task redelivered after its worker died between the

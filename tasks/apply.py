@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from consumers.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
 from settings import keys
@@ -37,11 +36,8 @@ POISON_EVENT = "poisonEvent"
 #: How far the clocks of Redis and Thalamus may disagree when comments are matched by time.
 CLOCK_MARGIN_MS = 120_000
 
-#: Wait for a busy case this long at least before handing the event back to the queue.
+#: Wait for a busy case this long at most before handing the event back to the queue.
 LOCK_RETRY_DELAY = 0.05
-#: However many events wait for one busy case, together they poll it about this often (per
-#: second, less a third for the jitter).
-CASE_POLLS_PER_SECOND = 40.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +115,8 @@ class EventApplier:
             return Finished(None)
         if isinstance(held, Busy):
             # Waiting for a busy case or for Thalamus to come back does not spend the budget.
-            if held.breaker:
-                return RetryLater(self._breaker_wait, job)
-            return RetryLater(self._case_wait(event.case_id, job.entry_id), job)
+            delay = self._breaker_wait if held.breaker else LOCK_RETRY_DELAY * (1 + random.random())
+            return RetryLater(delay, job)
         try:
             return self._apply_held(job, event, ek, held)
         except redis.RedisError:
@@ -130,26 +125,6 @@ class EventApplier:
             with contextlib.suppress(redis.RedisError):
                 self._release(ek, held, unknown_after=held)
             raise
-
-    def _case_wait(self, case_id: int, entry_id: str) -> float:
-        """How long an event waits for its busy case: the longer, the more events wait for it.
-
-        Each waiting event polls the case's lock through the task queue. At a fixed 50 ms, a
-        flood of one case would fill the queue and the workers with polls, and every other case
-        would wait behind them (300 events of one case held 20 of other cases back 27 s instead
-        of 0.2 s); spaced by their number, they poll it at a bounded rate together.
-        """
-        now_ms = int(self._clock() * 1000)
-        window_ms = int(2000 * self._policy.max_delay)
-        key = keys.case_key(keys.CASE_WAITING, case_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(key, {entry_id: now_ms})
-        pipe.zremrangebyscore(key, "-inf", now_ms - window_ms)
-        pipe.zcard(key)
-        pipe.pexpire(key, window_ms)
-        waiting = int(pipe.execute()[2])
-        spread = max(LOCK_RETRY_DELAY, waiting / CASE_POLLS_PER_SECOND)
-        return min(self._policy.max_delay, spread * (1 + random.random()))
 
     def _apply_held(self, job: Job, event: CaseChangeEvent, ek: EventKeys, held: Held) -> Result:
         if held.ledger:
@@ -254,7 +229,6 @@ class EventApplier:
         # A duplicate leaves the ledger as it is: its first outcome is the one remembered.
         ledger_value = outcome.type if ledger else None
         self._guards.add_finish(pipe, ek, held.token, ledger_value=ledger_value, newest=newest)
-        _add_done_waiting(pipe, outcome, ek)
         pipe.execute()
         outcomes.send_replies(self._redis, self._streams, replies)
         log_outcome(outcome)
@@ -274,7 +248,6 @@ class EventApplier:
         replies = outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
         if ek is not None and held is not None:
             self._guards.add_finish(pipe, ek, held.token, unknown_after=unknown_after)
-            _add_done_waiting(pipe, outcome, ek)
         else:
             pipe.zrem(keys.INFLIGHT, job.entry_id)
         pipe.execute()
@@ -288,12 +261,6 @@ class EventApplier:
             pipe, ek, held.token, unknown_after=unknown_after, outcome_written=False
         )
         pipe.execute()
-
-
-def _add_done_waiting(pipe: Pipeline, outcome: Outcome, ek: EventKeys) -> None:
-    """Queue the end of the event's wait for its case, if it waited (see ``_case_wait``)."""
-    if outcome.case_id is not None:
-        pipe.zrem(keys.case_key(keys.CASE_WAITING, outcome.case_id), ek.entry_id)
 
 
 def _plan(event: CaseChangeEvent, current: Case | None, superseded: bool) -> _Plan:

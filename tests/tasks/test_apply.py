@@ -17,7 +17,6 @@ import redis
 from settings import keys
 from tasks import outcomes as outcomes_module
 from tasks.apply import (
-    CASE_POLLS_PER_SECOND,
     CLOCK_MARGIN_MS,
     LOCK_RETRY_DELAY,
     EventApplier,
@@ -610,41 +609,6 @@ def test_an_event_from_the_future_reaching_the_task_is_dead_lettered_without_a_c
     assert "CASESYNC_MAX_CLOCK_SKEW" in (result.outcome.detail or "")
     assert thalamus.requests == []
     assert fake_redis.keys("casesync:newest:*") == [], "it supersedes nothing"
-
-
-def test_a_flood_of_one_case_polls_it_at_a_bounded_rate_leaving_the_workers_to_other_cases(
-    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
-) -> None:
-    other = Guards(fake_redis, lock_ttl=30.0, ledger_ttl=3600.0, done_ttl=3600)
-    assert isinstance(other.acquire(EventKeys.of(SOURCE, "x", CASE, "9-0"), "other"), Held)
-    jobs = [Job(event(f"f{n}"), f"1-{n}") for n in range(400)]
-
-    for job in jobs:  # every event of the flood has found the case busy once
-        retry_later(applier.apply(job))
-    delays = [retry_later(applier.apply(job)).delay for job in jobs]
-
-    polls_per_second = sum(1 / delay for delay in delays)
-    assert polls_per_second <= CASE_POLLS_PER_SECOND
-    assert max(delays) <= 60.0, "never longer than the longest retry delay"
-    assert thalamus.requests == []
-
-
-def test_an_event_that_waited_for_its_case_stops_counting_as_waiting_once_done(
-    applier: EventApplier, thalamus: FakeThalamus, fake_redis: redis.Redis
-) -> None:
-    other = Guards(fake_redis, lock_ttl=30.0, ledger_ttl=3600.0, done_ttl=3600)
-    ek = EventKeys.of(SOURCE, "x", CASE, "9-0")
-    held = other.acquire(ek, "other")
-    assert isinstance(held, Held)
-    retry_later(applier.apply(Job(event("waiting"), "1-0")))
-    assert fake_redis.zcard(f"casesync:waiting:case:{CASE}") == 1
-    pipe = fake_redis.pipeline(transaction=True)
-    other.add_finish(pipe, ek, "other")
-    pipe.execute()
-
-    finished(applier.apply(Job(event("waiting"), "1-0")))
-
-    assert fake_redis.zcard(f"casesync:waiting:case:{CASE}") == 0
 
 
 def test_each_outcome_releases_the_case_lock(
