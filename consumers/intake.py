@@ -22,7 +22,7 @@ import redis
 
 from core import outcomes
 from core.events import InvalidEvent, Limits, identity, parse_entry
-from core.outcomes import DeadLetterRecord, Outcome, Streams, log_outcome
+from core.outcomes import DeadLetterRecord, Outcome, Reply, Streams, log_outcome
 from core.schedule import Job, Schedule
 
 log = logging.getLogger("casesync.intake")
@@ -165,25 +165,28 @@ class Intake:
         same MULTI; then send the leased ones as one task."""
         if not entries:
             return 0
+        now = self._clock()
         jobs: list[Job] = []
         invalid: list[tuple[str, InvalidEvent]] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending: nothing to apply
                 continue
             try:
-                parse_entry(fields, self._config.limits)
+                parse_entry(fields, self._config.limits, now=now)
             except InvalidEvent as exc:
                 invalid.append((entry_id, exc))
             else:
                 jobs.append(Job(entry_id, fields["event"]))
-        now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
         self._schedule.add_leased(pipe, jobs, now)
+        replies: list[Reply] = []
         for entry_id, problem in invalid:
             record = DeadLetterRecord(problem.raw, None, entry_id)
-            outcomes.add_dead_letter(pipe, self._streams, outcomes.of_invalid(problem), record, now)
+            outcome = outcomes.of_invalid(problem)
+            replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
         if jobs:
@@ -237,21 +240,24 @@ class Intake:
         if not entries:
             return
         now = self._clock()
+        limits = self._config.limits
         pipe = self._redis.pipeline(transaction=True)
+        replies: list[Reply] = []
         for entry_id, fields in entries:
             raw = (fields or {}).get("event", "")
             detail = (
                 f"the entry was delivered {deliveries[entry_id]} times without being handed on "
                 f"(CASESYNC_MAX_DELIVERIES={self._config.max_deliveries}): it may crash workers"
             )
-            outcome = _poison_outcome(raw, detail)
-            outcomes.add_dead_letter(
-                pipe, self._streams, outcome, DeadLetterRecord(raw, None, entry_id), now
-            )
+            outcome = _poison_outcome(raw, detail, limits)
+            record = DeadLetterRecord(raw, None, entry_id)
+            replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
             pipe.xack(self._config.stream, self._config.group, entry_id)
         pipe.execute()
+        outcomes.send_replies(self._redis, self._streams, replies)
         for entry_id, fields in entries:
-            log_outcome(_poison_outcome((fields or {}).get("event", ""), f"entry {entry_id}"))
+            raw = (fields or {}).get("event", "")
+            log_outcome(_poison_outcome(raw, f"entry {entry_id}", limits))
 
     def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
         """Read until ``stop`` is set; failures are logged and waited out, never fatal."""
@@ -303,5 +309,6 @@ def _stream_order(job: Job) -> tuple[int, ...]:
     return tuple(int(part) for part in job.entry_id.split("-") if part.isdigit())
 
 
-def _poison_outcome(raw: str, detail: str) -> Outcome:
-    return outcomes.of_invalid(InvalidEvent(POISON_EVENT, detail, raw=raw, partial=identity(raw)))
+def _poison_outcome(raw: str, detail: str, limits: Limits) -> Outcome:
+    partial = identity(raw, limits)
+    return outcomes.of_invalid(InvalidEvent(POISON_EVENT, detail, raw=raw, partial=partial))

@@ -199,7 +199,7 @@ class BatchApplier:
         invalid: list[EventEnd] = []
         for job in jobs:
             try:
-                event = parse_event(job.raw_event, self._limits)
+                event = parse_event(job.raw_event, self._limits, now=self._clock())
             except InvalidEvent as problem:
                 # Valid at intake, so the limits changed since: it still ends as a dead letter.
                 invalid.append(Finished(job, outcomes.of_invalid(problem, job.attempts), None))
@@ -242,7 +242,11 @@ class BatchApplier:
     def _run_case(self, hold: CaseHold, group: list[_Item]) -> CaseRun:
         keys = [item.keys for item in group]
         if not hold.held:
-            busy = [self._busy(item, state) for item, state in zip(group, hold.events, strict=True)]
+            # One wait for the whole group: its events come back due together, so they take
+            # the case again as one group, however many a flood of the case brings.
+            delay = busy_delay(max(item.job.waits for item in group), self._policy)
+            pairs = zip(group, hold.events, strict=True)
+            busy = [self._busy(item, state, delay) for item, state in pairs]
             return CaseRun(hold.case_id, False, "", busy, keys)
         newest = hold.newest
         ends: list[EventEnd] = []
@@ -259,11 +263,10 @@ class BatchApplier:
             ends.append(end)
         return CaseRun(hold.case_id, True, newest, ends, keys)
 
-    def _busy(self, item: _Item, state: EventState) -> EventEnd:
+    def _busy(self, item: _Item, state: EventState, delay: float) -> EventEnd:
         if state.done:
             return AlreadyDone(item.job)
         job = replace(item.job, waits=item.job.waits + 1)
-        delay = busy_delay(item.job.waits, self._policy)
         return Rescheduled(job, delay, UNTOUCHED, "another task is updating the case")
 
     def _run_event(self, item: _Item, state: EventState, newest: str) -> EventEnd:
@@ -376,12 +379,15 @@ class BatchApplier:
         """
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
+        replies: list[outcomes.Reply] = []
         for run in runs:
             for ek, end in zip(run.keys, run.ends, strict=True):
-                self._add_end(pipe, end, ek, now)
+                replies += self._add_end(pipe, end, ek, now)
             if run.held:
                 self._guards.add_release(pipe, run.case_id, token, run.newest)
         pipe.execute()
+        # The results stream is the record; the copies to reply streams are best-effort.
+        outcomes.send_replies(self._redis, self._streams, replies)
         for run in runs:
             for end in run.ends:
                 report.add(end)
@@ -391,8 +397,10 @@ class BatchApplier:
 
     def _add_end(
         self, pipe: redis.client.Pipeline, end: EventEnd, ek: EventKeys | None, now: float
-    ) -> None:
+    ) -> list[outcomes.Reply]:
+        """Queue an event's end into the MULTI; the copies of its outcome still to send."""
         job = end.job
+        replies: list[outcomes.Reply] = []
         if isinstance(end, Rescheduled):
             self._schedule.add_retry(pipe, job, now + end.delay)
         else:
@@ -400,13 +408,14 @@ class BatchApplier:
         if isinstance(end, Finished):
             if end.outcome.type == outcomes.DEADLETTERED:
                 record = DeadLetterRecord(job.raw_event, job.first_attempt_at or now, job.entry_id)
-                outcomes.add_dead_letter(pipe, self._streams, end.outcome, record, now)
+                replies = outcomes.add_dead_letter(pipe, self._streams, end.outcome, record, now)
             else:
-                outcomes.add_outcome(pipe, self._streams, end.outcome, now)
+                replies = outcomes.add_outcome(pipe, self._streams, end.outcome, now)
         if ek is None or isinstance(end, AlreadyDone) or isinstance(end.mark, _Untouched):
-            return
+            return replies
         ledger = end.outcome.type if isinstance(end, Finished) and end.ledger else None
         self._guards.add_event_end(pipe, ek, ledger_value=ledger, mark_since=end.mark)
+        return replies
 
     def _give_back(self, entry_ids: set[str], locks: set[tuple[str, str]]) -> None:
         """After a Redis failure: the unwritten entries wait ``fault_wait`` and the cases are

@@ -1,7 +1,8 @@
 """Incoming case-change events: parse and validate a stream entry (contract §2).
 
 Pure code: a stream entry's fields go in, a :class:`CaseChangeEvent` or an :class:`InvalidEvent`
-(with the dead-letter reason and a detail a person can act on) comes out.
+(with the dead-letter reason and a detail a person can act on) comes out. The clock and the
+settings it checks against come in as arguments (``now``, :class:`Limits`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from settings import REPLYTO_PATTERN, keys
 from thalamus.models import CaseUpdate
 
 EVENT_TYPE = "thalamus.case.update"
@@ -32,6 +34,20 @@ INVALID_EVENT = "invalidEvent"
 CODE_REQUIRED = "CodeRequired"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+#: The API's case id is an integer, no larger than a signed 64-bit one in any server we know of:
+#: a larger one could only fail there, and how (a 400, or a 500 that is retried and trips the
+#: breaker for every worker) would be up to the server.
+MAX_CASE_ID = 2**63 - 1
+MAX_REPLYTO_LENGTH = 256
+
+#: kombu's Redis transport keeps its unacknowledged tasks in these keys.
+BROKER_KEYS = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+#: Prefixes of keys no reply stream may take: casesync's private keys, kombu's queue bindings
+#: (``_kombu.binding.*``), Celery's default queue and its events (``celery*``, ``celeryev*``).
+RESERVED_PREFIXES = (f"{keys.PREFIX}:", "_kombu.", "celery")
+#: kombu's mailbox queues (``celery inspect`` and ``control`` replies) end so.
+RESERVED_SUFFIX = ".pidbox"
 
 # RFC 3339 date-time (section 5.6; its note allows a space for the T); the offset is required.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
@@ -44,6 +60,17 @@ class Limits:
     max_event_bytes: int = 256 * 1024
     max_comments: int = 100
     max_case_data_fields: int = 200
+    #: Seconds an event's ``time`` may lie ahead of the clock (CASESYNC_MAX_CLOCK_SKEW).
+    max_clock_skew: float = 300.0
+    #: What a ``replyto`` must match in whole (CASESYNC_REPLYTO_PATTERN).
+    replyto_pattern: re.Pattern[str] = re.compile(REPLYTO_PATTERN)
+    #: casesync's streams, as configured: never a reply stream.
+    own_streams: frozenset[str] = frozenset(
+        {"casesync:events", "casesync:results", "casesync:dead-letter"}
+    )
+    #: The Celery task queue, as configured; kombu adds priority suffixes to its name, so no
+    #: reply stream may start with it.
+    task_queue: str = "casesync"
 
 
 class InvalidEvent(Exception):
@@ -61,7 +88,7 @@ class InvalidEvent(Exception):
 class CaseChange(CaseUpdate):
     """``data`` of an event: the update-case body plus the case id; caseData may be partial."""
 
-    caseInstanceId: StrictInt = Field(gt=0)
+    caseInstanceId: StrictInt = Field(gt=0, le=MAX_CASE_ID)
 
     def update(self) -> CaseUpdate:
         return CaseUpdate.model_validate(self.model_dump(exclude={"caseInstanceId"}))
@@ -80,7 +107,9 @@ class CaseChangeEvent(BaseModel):
     time: AwareDatetime
     subject: str | None = None
     datacontenttype: str | None = None
-    replyto: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    replyto: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_REPLYTO_LENGTH)] | None
+    ) = None
     data: CaseChange
 
     @field_validator("time", mode="before")
@@ -105,8 +134,13 @@ class CaseChangeEvent(BaseModel):
         return self.data.caseInstanceId
 
 
-def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChangeEvent:
-    """The event of a stream entry, or :class:`InvalidEvent` saying why it cannot be applied."""
+def parse_entry(
+    fields: dict[str, str], limits: Limits = Limits(), *, now: float
+) -> CaseChangeEvent:
+    """The event of a stream entry, or :class:`InvalidEvent` saying why it cannot be applied.
+
+    ``now`` is the reader's clock (epoch seconds), against which ``time`` is checked.
+    """
     raw = fields.get(EVENT_FIELD)
     if raw is None:
         found = ", ".join(sorted(fields)) or "none"
@@ -116,22 +150,27 @@ def parse_entry(fields: dict[str, str], limits: Limits = Limits()) -> CaseChange
             raw=json.dumps(fields)[: limits.max_event_bytes],
             partial={},
         )
+    return parse_event(raw, limits, now=now)
+
+
+def parse_event(raw: str, limits: Limits = Limits(), *, now: float) -> CaseChangeEvent:
+    """Validate one event's JSON text against contract §2, the limits and the clock ``now``."""
     try:
-        return parse_event(raw, limits)
+        return _parse_event(raw, limits, now)
     except InvalidEvent:
         raise
     except Exception as exc:
-        # Whatever upstream sent must end as a dead letter, never as a crashed intake.
+        # Whatever upstream sent must end as a dead letter, never as a crashed intake or a task
+        # retried for ever.
         raise InvalidEvent(
             INVALID_EVENT,
-            f"the event could not be read ({type(exc).__name__}: {exc})",
+            f"the event could not be read ({type(exc).__name__}: {str(exc)[:200]})",
             raw=raw,
             partial={},
         ) from exc
 
 
-def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
-    """Validate one event's JSON text against contract §2 and the limits."""
+def _parse_event(raw: str, limits: Limits, now: float) -> CaseChangeEvent:
     size = len(raw.encode("utf-8", errors="replace"))
     if size > limits.max_event_bytes:
         raise InvalidEvent(
@@ -142,18 +181,63 @@ def parse_event(raw: str, limits: Limits = Limits()) -> CaseChangeEvent:
             partial={},
         )
     document = _load_object(raw)
-    partial = _identity(document)
+    partial = _identity(document, limits)
     _check_limits(document, limits, raw, partial)
     try:
-        return CaseChangeEvent.model_validate(document)
+        event = CaseChangeEvent.model_validate(document)
     except ValidationError as exc:
         raise InvalidEvent(_reason(exc), _describe(exc), raw=raw, partial=partial) from None
+    problem = _time_problem(event, limits, now) or (
+        event.replyto and replyto_problem(event.replyto, limits)
+    )
+    if problem:
+        raise InvalidEvent(INVALID_EVENT, problem, raw=raw, partial=partial)
+    return event
 
 
-def identity(raw: str) -> dict[str, Any]:
+def replyto_problem(name: str, limits: Limits = Limits()) -> str | None:
+    """Why ``name`` may not be a reply stream, or None when it may.
+
+    Two rules: a hard one, whatever the settings say (never a key that casesync, Celery or kombu
+    uses: writing there once stopped every worker), and ``CASESYNC_REPLYTO_PATTERN``.
+    """
+    if len(name) > MAX_REPLYTO_LENGTH:
+        return f"replyto is {len(name)} characters long, over the limit of {MAX_REPLYTO_LENGTH}"
+    if (
+        name in limits.own_streams
+        or name in BROKER_KEYS
+        or name.startswith((limits.task_queue, *RESERVED_PREFIXES))
+        or name.endswith(RESERVED_SUFFIX)
+    ):
+        return (
+            f"replyto {name!r} names a key that casesync, Celery or kombu uses, which is refused "
+            "whatever CASESYNC_REPLYTO_PATTERN says (casesync's streams, names starting with the "
+            f"task queue {limits.task_queue!r}, {keys.PREFIX}:*, _kombu.*, unacked, "
+            "unacked_index, unacked_mutex, celery*, *.pidbox): name a stream of your own"
+        )
+    if not limits.replyto_pattern.fullmatch(name):
+        return (
+            f"replyto {name!r} does not match CASESYNC_REPLYTO_PATTERN "
+            f"{limits.replyto_pattern.pattern!r}"
+        )
+    return None
+
+
+def _time_problem(event: CaseChangeEvent, limits: Limits, now: float) -> str | None:
+    """Why ``time`` cannot be taken: a change from the future would supersede every real one."""
+    ahead = event.time.timestamp() - now
+    if ahead <= limits.max_clock_skew:
+        return None
+    return (
+        f"time {event.time.isoformat()} is {ahead:.0f} s ahead of casesync's clock, over the "
+        f"limit of {limits.max_clock_skew:g} s (CASESYNC_MAX_CLOCK_SKEW)"
+    )
+
+
+def identity(raw: str, limits: Limits = Limits()) -> dict[str, Any]:
     """What can be read of an event's identity from its JSON text, however broken."""
     try:
-        return _identity(_load_object(raw))
+        return _identity(_load_object(raw), limits)
     except InvalidEvent:
         return {}
 
@@ -167,8 +251,10 @@ def _load_object(raw: str) -> dict[str, Any]:
             INVALID_EVENT, "the event is not valid UTF-8 text", raw=raw, partial={}
         ) from None
     try:
+        # Nesting deeper than the recursion limit stops the parser at once (RecursionError);
+        # an integer of more than 4,300 digits is a ValueError.
         document = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidEvent(
             INVALID_EVENT, f"the event is not JSON: {exc}", raw=raw, partial={}
         ) from None
@@ -182,15 +268,21 @@ def _load_object(raw: str) -> dict[str, Any]:
     return document
 
 
-def _identity(document: dict[str, Any]) -> dict[str, Any]:
-    """What can be read of an event's identity, even from an invalid one."""
+def _identity(document: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """What can be read of an event's identity, even from an invalid one.
+
+    ``replyto`` only when it may be written to: an invalid event's outcome goes there too.
+    """
     data = document.get("data")
     case_id = data.get("caseInstanceId") if isinstance(data, dict) else None
+    replyto = document.get("replyto")
     return {
         "id": document.get("id") if isinstance(document.get("id"), str) else None,
         "source": document.get("source") if isinstance(document.get("source"), str) else None,
         "caseInstanceId": case_id if type(case_id) is int else None,
-        "replyto": document.get("replyto") if isinstance(document.get("replyto"), str) else None,
+        "replyto": replyto
+        if isinstance(replyto, str) and not replyto_problem(replyto, limits)
+        else None,
     }
 
 

@@ -36,6 +36,11 @@ API_LATENCY = Histogram(
     "Time from sending a request to Thalamus to its answer.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+REPLY_FAILURES = Counter(
+    "casesync_reply_failures_total",
+    "Outcome events that could not be added to the event's replyto stream (the results stream "
+    "has them).",
+)
 RATE_LIMIT_WAIT = Counter(
     "casesync_rate_limit_wait_seconds_total",
     "Seconds spent waiting for the shared rate cap or a Retry-After pause.",

@@ -2,7 +2,8 @@
 
 Each writer only adds commands to a pipeline; the caller runs it as one MULTI/EXEC together with
 whatever else must happen atomically (acknowledging the entry, the ledger, the order key), so an
-outcome is never half-written.
+outcome is never half-written. The copy for the event's ``replyto`` stream is not part of it: the
+writers hand it back, and :func:`send_replies` adds it once the MULTI ran.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from redis.client import Pipeline
 
 from core import metrics
@@ -83,6 +86,16 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """An outcome event's copy for the stream its event named in ``replyto``."""
+
+    stream: str
+    payload: str
+    request_source: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
 class DeadLetterRecord:
     """What the dead-letter stream keeps of an event besides its original JSON."""
 
@@ -122,8 +135,9 @@ def outcome_event(outcome: Outcome, source: str, now: float) -> dict[str, Any]:
     return event
 
 
-def add_outcome(pipe: Pipeline, streams: Streams, outcome: Outcome, now: float) -> None:
-    """Queue the outcome event on the results stream and, if the event named one, on ``replyto``."""
+def add_outcome(pipe: Pipeline, streams: Streams, outcome: Outcome, now: float) -> list[Reply]:
+    """Queue the outcome event on the results stream; the copy for ``replyto``, if the event
+    named one, is returned for :func:`send_replies` once the pipeline ran."""
     payload = json.dumps(outcome_event(outcome, streams.source, now), separators=(",", ":"))
     pipe.xadd(
         streams.results,
@@ -131,19 +145,52 @@ def add_outcome(pipe: Pipeline, streams: Streams, outcome: Outcome, now: float) 
         maxlen=streams.results_max_length,
         approximate=True,
     )
-    if outcome.replyto:
+    if not outcome.replyto:
+        return []
+    return [Reply(outcome.replyto, payload, outcome.request_source, outcome.request_id)]
+
+
+def send_replies(client: redis.Redis, streams: Streams, replies: Sequence[Reply]) -> int:
+    """Add each outcome's copy to its ``replyto`` stream; the number that could not be added.
+
+    Never raises: each failure is counted (``casesync_reply_failures_total``) and logged.
+    """
+    if not replies:
+        return 0
+    # The results stream, written in the caller's MULTI, is the record of an outcome; the copy
+    # on replyto is best-effort. So it goes after that MULTI, in a pipeline of its own whose
+    # errors are collected, not raised: a replyto key that is not a stream (WRONGTYPE) or cannot
+    # be written must neither undo nor hold up the outcome, nor send the event round a retry.
+    pipe = client.pipeline(transaction=False)
+    for reply in replies:
         pipe.xadd(
-            outcome.replyto,
-            {"event": payload},
+            reply.stream,
+            {"event": reply.payload},
             maxlen=streams.results_max_length,
             approximate=True,
         )
+    try:
+        results: list[Any] = pipe.execute(raise_on_error=False)
+    except redis.RedisError as exc:
+        results = [exc] * len(replies)
+    failed = [(r, e) for r, e in zip(replies, results, strict=True) if isinstance(e, Exception)]
+    for reply, error in failed:
+        metrics.REPLY_FAILURES.inc()
+        # The key and the event's identity only: the payload may hold the case's data.
+        log.warning(
+            "the outcome of event %s/%s could not be added to its replyto stream %r: %s",
+            reply.request_source,
+            reply.request_id,
+            reply.stream,
+            str(error)[:200],
+        )
+    return len(failed)
 
 
 def add_dead_letter(
     pipe: Pipeline, streams: Streams, outcome: Outcome, record: DeadLetterRecord, now: float
-) -> None:
-    """Queue the dead letter and its ``deadlettered`` outcome event."""
+) -> list[Reply]:
+    """Queue the dead letter and its ``deadlettered`` outcome event; as :func:`add_outcome`."""
     fields: dict[str, str | bytes] = {
         # Bytes that were not UTF-8 go back exactly as they came (read with surrogateescape).
         "event": record.raw_event.encode("utf-8", "surrogateescape"),
@@ -163,7 +210,7 @@ def add_dead_letter(
         **record.extra,
     }
     pipe.xadd(streams.dead_letter, {k: _wire(v) for k, v in fields.items()})
-    add_outcome(pipe, streams, outcome, now)
+    return add_outcome(pipe, streams, outcome, now)
 
 
 def _wire(value: str | bytes) -> bytes:

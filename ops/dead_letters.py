@@ -258,6 +258,7 @@ def replay(
     pacing: Pacing = Pacing(),
     dry_run: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
 ) -> Iterator[Replayed]:
     """Replay each dead letter whose event is valid now; refuse the others and keep them.
 
@@ -267,7 +268,8 @@ def replay(
     """
     move = client.register_script(_REPLAY)
     for batch in batched(letters, pacing.batch):
-        checked = [_revalidate(letter, target.limits) for letter in batch]
+        now = clock()
+        checked = [_revalidate(letter, target.limits, now) for letter in batch]
         if dry_run:
             yield from checked
             continue
@@ -285,9 +287,9 @@ def replay(
             yield _moved(item, next(moved)) if item.verdict is Verdict.WOULD_REPLAY else item
 
 
-def _revalidate(letter: DeadLetter, limits: Limits) -> Replayed:
+def _revalidate(letter: DeadLetter, limits: Limits, now: float) -> Replayed:
     try:
-        parse_event(letter.event, limits)
+        parse_event(letter.event, limits, now=now)
     except InvalidEvent as invalid:
         return Replayed(letter, Verdict.REFUSED, f"{invalid.reason}: {invalid.detail}")
     return Replayed(letter, Verdict.WOULD_REPLAY)

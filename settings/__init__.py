@@ -6,6 +6,7 @@ the settings, or the values it needs, as arguments.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +22,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CASESYNC_"
+
+#: The default of ``CASESYNC_REPLYTO_PATTERN``: a namespace, a colon, a name, in printable ASCII
+#: without spaces (``billing:case-results``). It already excludes every key casesync, Celery and
+#: kombu use (no colon, a leading ``_``, or a leading ``casesync``/``celery``), which are refused
+#: whatever the pattern says. No ``|``: the README's table shows the default as it is.
+REPLYTO_PATTERN = r"(?!casesync)(?!celery)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}:[!-~]{1,190}"
 
 
 class SettingsError(Exception):
@@ -186,6 +193,17 @@ class Settings(BaseSettings):
     )
     max_comments: int = Field(100, ge=0, description="Most comments in one event.")
     max_case_data_fields: int = Field(200, ge=0, description="Most `caseData` fields in one event.")
+    max_clock_skew: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds an event's `time` may lie ahead of the worker's clock; an event "
+        "further in the future is `invalidEvent` (it would supersede every real change).",
+    )
+    replyto_pattern: str = Field(
+        REPLYTO_PATTERN,
+        description="Regular expression the whole `replyto` stream name must match. Keys that "
+        "casesync, Celery or kombu use are refused whatever it says.",
+    )
 
     # Operations
     log_json: bool = Field(False, description="Log one JSON object per line.")
@@ -209,6 +227,15 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         # Compose files write CASESYNC_X=${X:-}: blank is unset, so a secret file still counts.
         return None if value == "" else value
+
+    @field_validator("replyto_pattern")
+    @classmethod
+    def _is_a_regular_expression(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Self:

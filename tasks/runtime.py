@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -128,6 +129,12 @@ def limits_of(settings: Settings) -> Limits:
         max_event_bytes=settings.max_event_bytes,
         max_comments=settings.max_comments,
         max_case_data_fields=settings.max_case_data_fields,
+        max_clock_skew=settings.max_clock_skew,
+        replyto_pattern=re.compile(settings.replyto_pattern),
+        own_streams=frozenset(
+            {settings.events_stream, settings.results_stream, settings.dead_letter_stream}
+        ),
+        task_queue=settings.task_queue,
     )
 
 

@@ -82,6 +82,8 @@ def test_a_variable_wins_over_the_dotenv_file(
         ("CASESYNC_BATCHES", "65"),
         ("CASESYNC_TASK_EVENTS", "maybe"),
         ("CASESYNC_INTAKE_BACKLOG", "-1"),
+        ("CASESYNC_REPLYTO_PATTERN", "billing:(results"),
+        ("CASESYNC_MAX_CLOCK_SKEW", "-5"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_one_line_naming_the_variable(

@@ -786,3 +786,48 @@ def test_a_consumer_holding_pending_entries_stays_in_the_group(
 
     consumers: Any = any_redis.xinfo_consumers(EVENTS, GROUP)
     assert [consumer["name"] for consumer in consumers] == ["worker-1"]
+
+
+@pytest.mark.parametrize("name", ["casesync", "unacked", "_kombu.binding.casesync"])
+def test_an_entry_replying_to_a_key_celery_uses_is_dead_lettered_and_the_key_left_alone(
+    any_redis: redis.Redis, intake: Intake, sent: Sent, name: str
+) -> None:
+    publish(any_redis, event("bad", replyto=name), event("ok"))
+
+    intake.poll()
+
+    assert sent.ids == [["ok"]]
+    [letter] = dead_letters(any_redis)
+    assert letter["reason"] == "invalidEvent"
+    assert "replyto" in letter["detail"]
+    assert [o["data"]["requestId"] for o in outcomes(any_redis)] == ["bad"]
+    assert any_redis.exists(name) == 0
+    assert pending(any_redis) == 0
+
+
+def test_an_entry_from_the_future_is_dead_lettered_by_intakes_clock(
+    any_redis: redis.Redis, make_intake: MakeIntake, sent: Sent
+) -> None:
+    publish(any_redis, event("future"))  # 2026-11-28T10:15:00Z
+    an_hour_before = make_intake(clock=lambda: 1_795_857_300.0)
+
+    an_hour_before.poll()
+
+    assert sent.batches == []
+    [letter] = dead_letters(any_redis)
+    assert "CASESYNC_MAX_CLOCK_SKEW" in letter["detail"]
+
+
+def test_a_dead_letters_reply_key_that_is_not_a_stream_does_not_stop_intake(
+    any_redis: redis.Redis, intake: Intake, sent: Sent
+) -> None:
+    any_redis.hset("billing:results", "field", "value")
+    publish(any_redis, "{}", event("e2", replyto="billing:results", type="x"), event("e3"))
+
+    assert intake.poll() == 3
+
+    assert sent.ids == [["e3"]]
+    assert pending(any_redis) == 0
+    assert len(dead_letters(any_redis)) == 2
+    assert len(outcomes(any_redis)) == 2
+    assert any_redis.type("billing:results") == "hash"

@@ -196,6 +196,50 @@ def test_the_outcome_also_goes_to_the_replyto_stream(rig: Rig, thalamus: FakeTha
     assert len(rig.outcomes()) == 1
 
 
+@pytest.mark.parametrize("kind", ["hash", "list"])
+def test_a_replyto_key_that_is_not_a_stream_does_not_hold_up_or_retry_the_outcome(
+    rig: Rig, thalamus: FakeThalamus, kind: str
+) -> None:
+    if kind == "hash":
+        rig.store.hset("billing:case-results", "field", "value")
+    else:
+        rig.store.rpush("billing:case-results", "message")
+    jobs = rig.jobs(event(replyto="billing:case-results", comments=[{"description": "once"}]))
+
+    rig.apply(jobs)
+
+    assert [o["type"] for o in rig.outcomes()] == ["casesync.update.applied"]
+    assert rig.store.type("billing:case-results") == kind
+    assert rig.store.keys("casesync:lock:*") == []
+    assert rig.take_due() == [], "nothing is retried"
+    assert len(thalamus.sent("PUT")) == 1
+
+
+def test_an_event_replying_to_the_task_queue_that_reaches_the_task_is_dead_lettered_there(
+    rig: Rig, thalamus: FakeThalamus
+) -> None:
+    # Queued before intake refused such events: the task checks again, and writes nothing there.
+    rig.apply(rig.jobs(event(replyto="casesync")))
+
+    [outcome] = rig.outcomes()
+    assert outcome["data"]["reason"] == "invalidEvent"
+    assert "casesync, Celery or kombu uses" in outcome["data"]["detail"]
+    assert thalamus.requests == []
+    assert rig.store.exists("casesync") == 0
+
+
+def test_an_event_from_the_future_reaching_the_task_is_dead_lettered_without_a_call(
+    rig: Rig, thalamus: FakeThalamus, clock: Clock
+) -> None:
+    rig.apply(rig.jobs(event(time=iso_time(clock.now + 3600))))
+
+    [outcome] = rig.outcomes()
+    assert outcome["data"]["reason"] == "invalidEvent"
+    assert "CASESYNC_MAX_CLOCK_SKEW" in outcome["data"]["detail"]
+    assert thalamus.requests == []
+    assert rig.store.keys("casesync:newest:*") == [], "it supersedes nothing"
+
+
 def test_a_partial_case_data_is_completed_from_the_current_case(
     rig: Rig, thalamus: FakeThalamus
 ) -> None:
@@ -510,6 +554,24 @@ def test_a_case_locked_by_another_task_waits_on_the_schedule_and_the_other_cases
     assert [o["data"]["attempts"] for o in rig.outcomes()[1:]] == [3, 3]
     assert thalamus.comments(CASE) == ["b1"]
     assert_finished(rig, *busy)
+
+
+def test_the_events_of_a_busy_case_wait_together_and_come_back_as_one_batch(
+    rig: Rig, thalamus: FakeThalamus, store: redis.Redis, clock: Clock
+) -> None:
+    # A flood of one case: however many events wait, they take the case again as one group.
+    hold_case(store, "x", "9-0", "other-task")
+    flood = rig.jobs(*(event(f"f{n}", comments=[{"description": f"f{n}"}]) for n in range(20)))
+
+    rig.apply(flood)
+
+    assert len({rig.due()[job.entry_id] for job in flood}) == 1, "one due time for the group"
+    store.delete(lock_key(CASE))
+    clock.advance(POLICY.busy_base)
+    [batch] = [rig.take_due()]
+    assert [job.entry_id for job in batch] == [job.entry_id for job in flood]
+    rig.apply(batch)
+    assert thalamus.comments(CASE) == [f"f{n}" for n in range(20)]
 
 
 def test_an_entry_finished_meanwhile_is_not_put_back_while_its_case_is_busy(
@@ -1217,10 +1279,10 @@ def test_a_redis_error_writing_one_case_does_not_free_a_case_whose_put_is_still_
     first_write = [True]
     add_outcome = outcomes_module.add_outcome
 
-    def fails_once(*args: Any, **kwargs: Any) -> None:
+    def fails_once(*args: Any, **kwargs: Any) -> list[outcomes_module.Reply]:
         if first_write.pop() if first_write else False:
             raise redis.ConnectionError("Redis went away")
-        add_outcome(*args, **kwargs)
+        return add_outcome(*args, **kwargs)
 
     try:
         jobs = rig.jobs(event("slow", case=slow, comments=[{"description": "once"}]), event("fast"))

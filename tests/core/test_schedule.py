@@ -18,7 +18,7 @@ from settings import keys
 from tests.core.conftest import Clock
 
 LEASE = 60.0
-NOW = 1_795_860_000.0
+NOW = 1_795_861_200.0  # the Clock's start (tests/core/conftest.py)
 
 
 @pytest.fixture

@@ -189,6 +189,29 @@ def test_malformed_input_is_dead_lettered_without_calling_the_api(pipeline: Pipe
     assert pipeline.simulator.admin.requests() == []
 
 
+def test_an_event_replying_to_the_task_queue_cannot_stop_the_events_after_it(
+    pipeline: Pipeline,
+) -> None:
+    # Once, an outcome written to "casesync" (the Celery queue's key) made it a stream, and no
+    # later event was processed.
+    pipeline.start_worker()
+    hostile = case_event("hostile", 30, status="Open")
+    hostile["replyto"] = "casesync"
+    ordinary = [case_event(f"e{n}", 31 + n, status="In Progress") for n in range(20)]
+    pipeline.publish(hostile, *ordinary)
+
+    outcomes = pipeline.wait_for_outcomes(21)
+
+    by_id = {o["data"]["requestId"]: o for o in outcomes}
+    assert by_id["hostile"]["type"] == "casesync.update.deadlettered"
+    assert by_id["hostile"]["data"]["reason"] == "invalidEvent"
+    assert "replyto 'casesync'" in by_id["hostile"]["data"]["detail"]
+    assert [by_id[f"e{n}"]["type"] for n in range(20)] == ["casesync.update.applied"] * 20
+    assert all(pipeline.case(31 + n)["status"] == "In Progress" for n in range(20))
+    assert pipeline.redis.type("casesync") != "stream"
+    assert pipeline.simulator.admin.requests(30) == []
+
+
 def test_a_missing_code_is_dead_lettered_as_code_required(pipeline: Pipeline) -> None:
     pipeline.start_worker()
     pipeline.publish(case_event("e1", 19, typeCode=None), case_event("e2", 19, categoryCode=""))

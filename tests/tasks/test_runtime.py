@@ -16,6 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
+from core.events import replyto_problem
 from core.schedule import Job
 from settings import Settings, SettingsError
 from tasks.batch import TASK_NAME, describe, send_batch
@@ -24,6 +25,7 @@ from tasks.runtime import (
     build_runtime,
     close_runtime,
     current_runtime,
+    limits_of,
     redis_client,
     sentinel_parts,
 )
@@ -303,3 +305,21 @@ def test_a_sentinel_url_follows_the_named_master() -> None:
     assert pool.service_name == "casesync-master"
     sentinels = pool.sentinel_manager.sentinels
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380]
+
+
+def test_the_workers_check_replyto_and_time_against_the_configured_names_and_settings() -> None:
+    settings = Settings(
+        events_stream="ops:events",
+        results_stream="ops:results",
+        dead_letter_stream="ops:dead",
+        task_queue="ops-tasks",
+        replyto_pattern=r"team:[a-z]+",
+        max_clock_skew=60,
+    )
+    limits = limits_of(settings)
+
+    for stream in ("ops:events", "ops:results", "ops:dead", "ops-tasks", "ops-tasks\x06\x163"):
+        assert replyto_problem(stream, limits) is not None, stream
+    assert replyto_problem("team:results", limits) is None
+    assert "CASESYNC_REPLYTO_PATTERN" in (replyto_problem("billing:results", limits) or "")
+    assert limits.max_clock_skew == 60
