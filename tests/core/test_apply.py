@@ -1303,48 +1303,6 @@ def test_a_redis_error_writing_one_case_does_not_free_a_case_whose_put_is_still_
     assert thalamus.comments(slow) == ["once"]
 
 
-def test_when_redis_is_gone_while_outcomes_are_written_the_entry_comes_back_and_is_not_resent(
-    make_rig: MakeRig,
-    thalamus: FakeThalamus,
-    store: redis.Redis,
-    fake_redis: redis.Redis,
-    clock: Clock,
-) -> None:
-    if store is not fake_redis:
-        pytest.skip("fakeredis is the server whose connection a test can cut")
-    server = fake_redis.connection_pool.connection_kwargs["server"]
-
-    class RedisGoesAwayAfterThePut:
-        def before_call(self) -> None:
-            pass
-
-        def after_call(self, status: int | None, retry_after: float | None) -> None:
-            if status == 201 and not thalamus.sent("GET"):
-                server.connected = False
-
-    guards = Guards(store, lock_ttl=0.05, ledger_ttl=LEDGER_TTL)
-    rig = make_rig(client_options={"hooks": [RedisGoesAwayAfterThePut()]}, guards=guards)
-    [job] = rig.jobs(event(comments=[{"description": "only once"}]))
-
-    with pytest.raises(redis.ConnectionError):
-        rig.apply([job])
-    server.connected = True
-
-    assert rig.outcomes() == []
-    assert rig.leased() == [job.entry_id]  # nothing could be given back: the lease runs out
-    time.sleep(0.1)  # and so does the case lock
-    clock.advance(LEASE + 1)
-    [again] = rig.take_due()
-    assert again.lost == 1
-
-    rig.apply([again])
-
-    assert rig.outcome_types() == [("e1", "applied")]
-    assert methods(thalamus) == ["PUT", "GET"]
-    assert thalamus.comments(CASE) == ["only once"]
-    assert_finished(rig, job)
-
-
 def test_while_a_batch_runs_its_leases_and_case_locks_are_renewed_and_not_after(
     make_rig: MakeRig, thalamus: FakeThalamus, store: redis.Redis, clock: Clock
 ) -> None:
