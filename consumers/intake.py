@@ -259,14 +259,20 @@ class Intake:
             raw = (fields or {}).get("event", "")
             log_outcome(_poison_outcome(raw, f"entry {entry_id}", limits))
 
-    def run(self, stop: threading.Event, idle_wait: float = 0.05) -> None:
-        """Read until ``stop`` is set; failures are logged and waited out, never fatal."""
+    def run(
+        self, stop: threading.Event, idle_wait: float = 0.005, paused_wait: float = 0.5
+    ) -> None:
+        """Read until ``stop`` is set; failures are logged and waited out, never fatal.
+
+        ``idle_wait`` is the pause after a turn that took nothing: the queue was full (a read
+        waits by itself otherwise), so it is short, or entries wait that long for room.
+        """
         next_claim = 0.0
         failures = 0
         while not stop.is_set():
             try:
                 if self._paused():
-                    stop.wait(idle_wait * 10)
+                    stop.wait(paused_wait)
                     continue
                 if self._clock() >= next_claim:
                     self.ensure_group()

@@ -15,6 +15,9 @@ from tasks.intake_step import IntakeStep
 from tasks.observability import use_json_logs
 from tasks.runtime import close_runtime
 
+#: Celery's loggers of a line per task received and per task ended.
+TASK_LINES = ("celery.worker.strategy", "celery.app.trace")
+
 
 class CasesyncApp(Celery):  # type: ignore[misc]
     """A Celery app that carries casesync's settings, read once per process."""
@@ -70,11 +73,15 @@ def _connect_signals(settings: Settings) -> None:
     def close(**_: Any) -> None:
         close_runtime()
 
-    def json_logs(logger: logging.Logger, **_: Any) -> None:
+    def set_up_logs(logger: logging.Logger, **_: Any) -> None:
         if settings.log_json:
             use_json_logs(logger)
+        # Celery's "received" and "succeeded" lines per task repeat what the outcome lines (one
+        # per event) and Flower say; at a few events per task they cost more than the events.
+        for name in TASK_LINES:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logger.level))
 
     # weak=False: the receivers are closures that nothing else keeps alive.
     worker_process_shutdown.connect(close, weak=False)
     worker_shutdown.connect(close, weak=False)
-    after_setup_logger.connect(json_logs, weak=False)
+    after_setup_logger.connect(set_up_logs, weak=False)
