@@ -324,6 +324,12 @@ class BatchApplier:
             return self._failed(job, event, state, error, read_back=False)
         if state.outcome_unknown and current is not None and _took_effect(event, current, state):
             log.info("event %s/%s had already taken effect", event.source, event.id)
+            own = None if superseded else _plan(event, current, superseded=False).update
+            if own is not None and _state_differs(own, current):
+                # Its comments are on the case, but its order key was never written, so an
+                # older change applied since has set other state: set its own again, alone.
+                again = own.model_copy(update={"comments": None})
+                current = self._thalamus.update_case(event.case_id, again)
             return _applied(job, event, outcomes.APPLIED, current, key)
         plan = _plan(event, current, superseded)
         if plan.update is None:
@@ -517,6 +523,17 @@ def _took_effect(event: CaseChangeEvent, case: Case, state: EventState) -> bool:
         if comment.creationDate is None or comment.creationDate >= since
     )
     return all(recent[text] >= count for text, count in wanted.items())
+
+
+def _state_differs(update: CaseUpdate, case: Case) -> bool:
+    """Whether the case no longer shows the state ``update`` sets (a date read back as a
+    timestamp counts as differing: setting it again is harmless)."""
+    for name in ("categoryCode", "typeCode", "status", "resolution"):
+        wanted = getattr(update, name)
+        if wanted is not None and wanted != getattr(case, name):
+            return True
+    wanted_data = update.caseData or {}
+    return any(str(case.caseData.get(key)) != str(value) for key, value in wanted_data.items())
 
 
 def _applied(job: Job, event: CaseChangeEvent, kind: str, case: Case, key: str) -> Finished:

@@ -972,6 +972,27 @@ def test_a_lost_answer_is_checked_by_reading_the_case_and_reported_applied_witho
     assert_finished(rig, job)
 
 
+def test_a_landed_update_whose_answer_was_lost_wins_over_an_older_change_applied_meanwhile(
+    rig: Rig, thalamus: FakeThalamus
+) -> None:
+    # The newer change lands but its answer is lost, so its order key is never written; an older
+    # change of the case then applies its state. When the newer one is tried again, its comment
+    # is found on the case: it must not be posted again, but its state must win.
+    thalamus.fail("PUT", raises=httpx.ReadTimeout, after_apply=True)
+    [newer] = rig.jobs(event("new", T1, status="Resolved", comments=[{"description": "fixed"}]))
+    rig.apply([newer])
+    assert thalamus.cases[CASE]["status"] == "Resolved"
+    rig.apply(rig.jobs(event("old", T0, status="Open")))
+    assert thalamus.cases[CASE]["status"] == "Open"
+
+    rig.apply(rig.take_due())
+
+    assert thalamus.cases[CASE]["status"] == "Resolved"
+    assert thalamus.comments(CASE) == ["fixed"]
+    assert [body.get("comments") for body in (r.body for r in thalamus.sent("PUT"))][-1] is None
+    assert rig.outcome_types() == [("old", "applied"), ("new", "applied")]
+
+
 def test_a_lost_answer_for_an_update_that_did_not_land_is_sent_again(
     rig: Rig, thalamus: FakeThalamus
 ) -> None:
