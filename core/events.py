@@ -242,6 +242,10 @@ def identity(raw: str, limits: Limits = Limits()) -> dict[str, Any]:
         return {}
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def _load_object(raw: str) -> dict[str, Any]:
     """The event's JSON object, or :class:`InvalidEvent` saying why the text is not one."""
     try:
@@ -252,8 +256,9 @@ def _load_object(raw: str) -> dict[str, Any]:
         ) from None
     try:
         # Nesting deeper than the recursion limit stops the parser at once (RecursionError);
-        # an integer of more than 4,300 digits is a ValueError.
-        document = json.loads(raw)
+        # an integer of more than 4,300 digits is a ValueError. NaN and Infinity are not JSON:
+        # Python takes them, and a NaN in caseData would reach Thalamus as null.
+        document = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         raise InvalidEvent(
             INVALID_EVENT, f"the event is not JSON: {exc}", raw=raw, partial={}

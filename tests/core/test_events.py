@@ -535,6 +535,16 @@ def test_an_integer_of_thousands_of_digits_is_an_invalid_event_not_a_crash() -> 
     assert identity(raw) == {}
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_case_data_is_an_invalid_event_not_a_null_sent_on(constant: str) -> None:
+    raw = json.dumps(event(data__caseData={"amount": 1.5})).replace("1.5", constant)
+
+    problem = refusal(raw)
+
+    assert problem.reason == INVALID_EVENT
+    assert f"{constant.lstrip('-')} is not a JSON number" in problem.detail
+
+
 @pytest.mark.parametrize("name", ["id", "source"])
 def test_an_id_or_source_over_1024_characters_is_an_invalid_event(name: str) -> None:
     problem = refusal(event(**{name: "x" * 1025}))
