@@ -171,6 +171,8 @@ class BatchApplier:
         try:
             if invalid:
                 self._write([CaseRun(0, False, "", invalid, [None] * len(invalid))], token, report)
+            if not cases:
+                return report
             holds = self._guards.acquire(
                 [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
