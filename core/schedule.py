@@ -87,6 +87,19 @@ end
 return 1
 """
 
+# KEYS: jobs, due, the legacy entry-done marker. ARGV: entry id, job, due time ms.
+# Adopts a job from outside the schedule unless its outcome was written already or it is known.
+_ADOPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+
 # KEYS: case locks. ARGV: lock ttl ms, then one token per lock. Renews each lock still owned by
 # its token (a lock that ran out and went to another worker is left alone).
 _RENEW_LOCKS = """
@@ -184,6 +197,7 @@ class Schedule:
         self._take_due = client.register_script(_TAKE_DUE)
         self._renew_locks = client.register_script(_RENEW_LOCKS)
         self._retry = client.register_script(_RETRY)
+        self._adopt = client.register_script(_ADOPT)
 
     def add_leased(self, pipe: Pipeline, jobs: Sequence[Job], now: float) -> None:
         """Queue new jobs, leased to the task about to be sent, into the caller's MULTI."""
@@ -206,6 +220,16 @@ class Schedule:
         ]
         lost_now = sum(1 for i in range(3, len(rest), 4) if str(rest[i]) == "1")
         return Taken(jobs, None if head in ("", b"") else float(head) / 1000, lost_now)
+
+    def adopt(self, job: Job, due: float) -> bool:
+        """Put a job that reached casesync outside intake (a task of the one-event-per-task
+        design, queued before an upgrade) on the schedule, due at ``due``. False when its
+        outcome was written already or the schedule knows the entry."""
+        done_key = f"{keys.LEGACY_ENTRY_DONE}:{job.entry_id}"
+        reply: Any = self._adopt(
+            keys=[keys.JOBS, keys.DUE, done_key], args=[job.entry_id, job.stored(), _ms(due)]
+        )
+        return bool(reply)
 
     def retry_at(self, entry_ids: Iterable[str], due: float) -> None:
         """Make leased entries due at ``due`` (epoch s), their jobs unchanged."""

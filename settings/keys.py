@@ -22,6 +22,9 @@ LEASES = f"{PREFIX}:leases"
 DUE = f"{PREFIX}:due"
 #: Entry id -> how many times its lease ran out (its worker died or froze): a poison event's count.
 LOST = f"{PREFIX}:lost"
+#: Written by the one-event-per-task design (before batches) once an entry's outcome was; read
+#: only so that a task of that design still queued at an upgrade is not applied twice.
+LEGACY_ENTRY_DONE = f"{PREFIX}:entry-done"
 #: Set when a task takes an event's case, deleted once its outcome is known: present when a task
 #: takes it again means an earlier attempt's result is unknown (worker killed, answer lost), so
 #: the case is read first. Holds when (epoch ms) the oldest such attempt began.

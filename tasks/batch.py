@@ -10,6 +10,7 @@ duplicates or put back on the schedule succeeds, its result counting each.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from core.schedule import Job
 from tasks.runtime import current_runtime
 
 TASK_NAME = "casesync.apply_batch"
+#: The task of the one-event-per-task design: its messages may still be queued at an upgrade.
+LEGACY_TASK_NAME = "casesync.update_case"
 
 
 class EventsDeadLettered(Exception):
@@ -37,6 +40,22 @@ def apply_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     return dict(report.counts)
 
 
+def adopt_legacy(
+    task: Task,
+    event: str,
+    entry_id: str,
+    attempts: int = 0,
+    first_attempt_at: float | None = None,
+    **_: Any,
+) -> str:
+    """A task queued by a worker of the one-event-per-task design (before an upgrade): its event
+    goes on the schedule, due at once, its attempts kept, and is applied like any other. Without
+    this, Celery would refuse the unknown task name and its event would be lost."""
+    job = Job(entry_id, event, attempts, first_attempt_at)
+    adopted = current_runtime(task.app.settings).schedule.adopt(job, time.time())
+    return "scheduled" if adopted else "already finished or scheduled"
+
+
 def register(app: Celery) -> None:
     app.task(
         name=TASK_NAME,
@@ -45,6 +64,7 @@ def register(app: Celery) -> None:
         # An expected end, logged without a traceback: the dead letters say the rest.
         throws=(EventsDeadLettered,),
     )(apply_batch)
+    app.task(name=LEGACY_TASK_NAME, bind=True, ignore_result=True)(adopt_legacy)
 
 
 def send_batch(app: Celery, queue: str, jobs: Sequence[Job]) -> None:

@@ -43,6 +43,7 @@ class Runtime:
     redis: redis.Redis
     http: httpx.Client
     thalamus: ThalamusClient
+    schedule: Schedule
     keeper: LeaseKeeper
     executor: ThreadPoolExecutor
     applier: BatchApplier
@@ -197,7 +198,7 @@ def build_runtime(settings: Settings) -> Runtime:
         breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
     )
-    return Runtime(settings, client, http, thalamus, keeper, executor, applier)
+    return Runtime(settings, client, http, thalamus, schedule, keeper, executor, applier)
 
 
 _lock = threading.Lock()

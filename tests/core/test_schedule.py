@@ -221,6 +221,28 @@ def test_a_retry_does_not_bring_back_an_entry_whose_job_is_gone(
     assert scores(any_redis, keys.LEASES) == {}
 
 
+def test_a_task_of_the_former_design_is_adopted_once_and_taken_as_due(
+    any_redis: redis.Redis, schedule: Schedule
+) -> None:
+    former = job(1, attempts=2, first_attempt_at=NOW - 30)
+
+    assert schedule.adopt(former, NOW) is True
+    assert schedule.adopt(former, NOW) is False, "delivered twice, adopted once"
+
+    assert schedule.take_due(NOW, 10).jobs == [former]
+
+
+def test_a_task_of_the_former_design_whose_outcome_was_written_is_not_adopted(
+    any_redis: redis.Redis, schedule: Schedule
+) -> None:
+    any_redis.set(f"{keys.LEGACY_ENTRY_DONE}:1-0", "1")
+
+    assert schedule.adopt(job(1), NOW) is False
+
+    assert any_redis.hlen(keys.JOBS) == 0
+    assert scores(any_redis, keys.DUE) == {}
+
+
 def test_retry_at_gives_entries_back_with_their_jobs_unchanged(
     any_redis: redis.Redis, schedule: Schedule
 ) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ops.processes import free_port
+from settings import Settings
 from tests.conftest import case_event
 from tests.e2e.conftest import TOKEN, Pipeline
 from thalamus.simulator.record import RecordedRequest
@@ -295,3 +296,24 @@ def test_a_worker_serves_metrics_and_writes_json_outcome_lines(pipeline: Pipelin
     assert outcomes["m1"]["case_id"] == 24
     assert outcomes["m2"]["reason"] == "InvalidName"
     assert outcomes["m2"]["attempts"] == 1
+
+
+def test_a_task_queued_by_the_former_design_is_applied_after_an_upgrade(pipeline: Pipeline) -> None:
+    # A casesync.update_case message, one event per task, as workers before the batch design
+    # queued it: still in the queue when the new workers start.
+    from tasks.app import create_app
+    from tasks.batch import LEGACY_TASK_NAME
+
+    env = pipeline.env()
+    settings = Settings(
+        redis_url=env["CASESYNC_REDIS_URL"], thalamus_url=env["CASESYNC_THALAMUS_URL"]
+    )
+    event = case_event("old-1", 41, status="Open", comments=[{"description": "from before"}])
+    kwargs = {"event": json.dumps(event), "entry_id": "1-1", "case_id": 41, "event_id": "old-1"}
+    create_app(settings).send_task(LEGACY_TASK_NAME, kwargs={**kwargs, "attempts": 0})
+    pipeline.start_worker()
+
+    [outcome] = pipeline.wait_for_outcomes(1)
+    assert outcome["type"] == "casesync.update.applied"
+    assert outcome["data"]["requestId"] == "old-1"
+    assert [c["description"] for c in pipeline.case(41)["comments"]][-1:] == ["from before"]
