@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from settings import SettingsError, load_settings
+from settings import Settings, SettingsError, load_settings
 from tasks.observability import prepare_metrics_dir
 
 
@@ -17,9 +17,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run, accepts_extra=True)
 
 
-def celery_worker_argv(extra: list[str]) -> list[str]:
+def celery_worker_argv(settings: Settings, extra: list[str]) -> list[str]:
     """The ``celery worker`` arguments of a casesync worker; options given win over settings."""
-    settings = load_settings()
     if settings.thalamus_url is None:
         raise SettingsError("invalid setting CASESYNC_THALAMUS_URL: required by the worker")
     argv = ["worker", "--queues", settings.task_queue]
@@ -34,8 +33,8 @@ def celery_worker_argv(extra: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    argv = celery_worker_argv(list(args.extra))
     settings = load_settings()
+    argv = celery_worker_argv(settings, list(args.extra))
     # Before prometheus-client is first imported (by the app's modules): it picks its
     # multiprocess mode then.
     prepare_metrics_dir(settings.metrics_port)

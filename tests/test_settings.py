@@ -146,9 +146,9 @@ def test_a_worker_runs_casesync_batches_batches_at_once(monkeypatch: pytest.Monk
     monkeypatch.setenv("CASESYNC_THALAMUS_URL", "http://thalamus.test")
     assert load_settings().batches == 4
     monkeypatch.setenv("CASESYNC_BATCHES", "6")
-    argv = celery_worker_argv([])
+    argv = celery_worker_argv(load_settings(), [])
     assert argv[argv.index("--concurrency") + 1] == "6"
-    given = celery_worker_argv(["--concurrency=2"])
+    given = celery_worker_argv(load_settings(), ["--concurrency=2"])
     assert "--concurrency" not in given, "a concurrency given on the command line wins"
     assert given[-1] == "--concurrency=2"
 
