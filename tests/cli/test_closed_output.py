@@ -81,7 +81,7 @@ def test_dlq_list_stops_quietly_when_its_reader_takes_one_line(
 
 
 def test_status_exits_quietly_when_nothing_reads_its_output(db: redis.Redis) -> None:
-    done = _run_with_no_reader("status")
+    done = _run_with_no_reader("status", "--no-sample")
 
     assert done.stderr == b""
     assert done.returncode == 0
@@ -109,7 +109,7 @@ def test_help_exits_quietly_when_nothing_reads_it(argv: list[str]) -> None:
 def test_an_unhealthy_status_cut_off_by_its_reader_still_exits_quietly(db: redis.Redis) -> None:
     db.set(keys.BREAKER_OPEN, "5 calls in a row failed (last: HTTP 503)")
 
-    done = _run_with_no_reader("status")
+    done = _run_with_no_reader("status", "--no-sample")
 
     assert done.stderr == b""
     assert done.returncode in (0, 1)
