@@ -84,11 +84,10 @@ def options_of(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from rich.console import Console
-
     from bench import report
     from bench.scenarios import BenchError
     from bench.suite import run_suite
+    from cli.output import Console
 
     # Wide enough for every column, also when the output goes to a file or a pipe.
     console = Console(width=max(160, Console().width))

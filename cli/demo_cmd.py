@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cli.output import Console
 from cli.publish_cmd import publish
 from core.events import identity
 from ops import processes

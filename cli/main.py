@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,11 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A command cut off by its reader mid-way (``casesync dlq list | head -1``) exits 0: the
+    # reader took what it wanted. One that had finished keeps its own code.
+    code = 0
+    try:
+        try:
+            code = _parse_and_run(argv)
+        except SystemExit as stop:  # argparse, after --help or a usage error
+            code = int(stop.code or 0)
+            raise
+        finally:
+            # Flushed here, not at exit, so that a reader gone is noticed where it is handled.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The Python docs' recipe (signal module, "Note on SIGPIPE"): stdout goes to devnull so
+        # that the flush at exit, with output still buffered, cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return code
+
+
+def _parse_and_run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code: int = args.run(args)
     except SettingsError as exc:

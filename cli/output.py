@@ -6,11 +6,21 @@ as written, and nothing in an event can style or rewrite the terminal.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from typing import Any
 
-from rich.console import Console
+import rich.console
+
+
+class Console(rich.console.Console):
+    """A rich console that leaves a closed output (``casesync ... | head``) to ``cli.main``,
+    as ``print`` does, so every command ends the same way: rich alone would exit 1 there."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 
 def console() -> Console:

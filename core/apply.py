@@ -427,13 +427,25 @@ class BatchApplier:
 
     def _give_back(self, entry_ids: set[str], locks: set[tuple[str, str]]) -> None:
         """After a Redis failure: the unwritten entries wait ``fault_wait`` and the cases are
-        freed, if Redis lets them (else their leases and locks run out). Marks stay, so a PUT
-        that went out is read back first."""
+        freed. Marks stay, so a PUT that went out is read back first.
+
+        If Redis refuses that too, the entries wait for their leases to run out, and the lease
+        keeper frees the cases at its first round that reaches Redis again: nothing is sent
+        under their locks any more (``_run`` waited for every case), so freeing them later is as
+        safe as freeing them now, and a case need not wait for its lock to run out.
+        """
         try:
             self._schedule.retry_at(entry_ids, self._clock() + self._policy.fault_wait)
             self._guards.release(locks)
         except redis.RedisError as exc:
-            log.warning("%d entries wait for their leases to run out: %s", len(entry_ids), exc)
+            self._keeper.free_later(locks)
+            log.warning(
+                "%d entries wait for their leases to run out, %d cases to be freed once Redis "
+                "answers: %s",
+                len(entry_ids),
+                len(locks),
+                exc,
+            )
 
 
 def _as_they_finish(

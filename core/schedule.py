@@ -31,6 +31,10 @@ from settings import keys
 
 log = logging.getLogger("casesync.schedule")
 
+#: Seconds between a lease keeper's rounds while it has case locks to free for a task that
+#: could not (Redis failed under it): a case is free again within this of Redis coming back.
+FREE_RETRY = 1.0
+
 # KEYS: leases, due, jobs, lost. ARGV: now ms, lease ms, most.
 # Moves up to `most` entries whose lease ran out (counting one more loss each) or whose due time
 # came into new leases. Returns {next, id1, job1, lost1, new1, id2, ...}: `next` is the earliest
@@ -106,6 +110,17 @@ _RENEW_LOCKS = """
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return 1
+"""
+
+# KEYS: case locks. ARGV: one token per lock. Deletes each lock still owned by its token (a lock
+# that ran out and went to another worker is left alone).
+_FREE_LOCKS = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
   end
 end
 return 1
@@ -196,6 +211,7 @@ class Schedule:
         self.lease = lease
         self._take_due = client.register_script(_TAKE_DUE)
         self._renew_locks = client.register_script(_RENEW_LOCKS)
+        self._free_locks = client.register_script(_FREE_LOCKS)
         self._retry = client.register_script(_RETRY)
         self._adopt = client.register_script(_ADOPT)
 
@@ -260,8 +276,10 @@ class Schedule:
         locks: Sequence[tuple[str, str]],
         now: float,
         lock_ttl: float,
+        free: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Push the leases of ``entry_ids`` and the case ``locks`` (key, token) further out."""
+        """Push the leases of ``entry_ids`` and the case ``locks`` (key, token) further out,
+        and delete the locks in ``free`` that their tokens still own."""
         pipe = self._redis.pipeline(transaction=False)
         if entry_ids:
             # XX: an entry finished meanwhile is not brought back.
@@ -271,6 +289,10 @@ class Schedule:
                 keys=[key for key, _ in locks],
                 args=[_ms(lock_ttl), *(token for _, token in locks)],
                 client=pipe,
+            )
+        if free:
+            self._free_locks(
+                keys=[key for key, _ in free], args=[token for _, token in free], client=pipe
             )
         pipe.execute()
 
@@ -295,6 +317,10 @@ class LeaseKeeper:
     A task holds its entries' leases and its cases' locks only as long as it runs: while this
     process lives they are renewed every ``interval``; once it dies they run out, and the entries
     come back to another worker. So no lease has to outlast the longest batch.
+
+    It also frees the case locks a task could not give back because Redis failed under it
+    (:meth:`free_later`), at its first round that reaches Redis, rather than leaving their cases
+    to wait until the locks run out.
     """
 
     def __init__(
@@ -311,10 +337,14 @@ class LeaseKeeper:
         self._clock = clock
         self._entries: dict[str, int] = {}
         self._locks: dict[tuple[str, str], int] = {}
+        #: Locks to free, with when they run out by themselves anyway (clock time).
+        self._to_free: dict[tuple[str, str], float] = {}
         # Held while renewing: a task that lets go of an entry waits for a renewal in flight, so
         # the renewal cannot land after the task rescheduled the entry and push it back.
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        #: Set to start a round now: locks to free should not wait out a whole interval.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def hold(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
@@ -330,14 +360,34 @@ class LeaseKeeper:
             _forget(self._entries, entry_ids)
             _forget(self._locks, locks)
 
+    def free_later(self, locks: Iterable[tuple[str, str]]) -> None:
+        """Free the case ``locks`` (key, token) at the first round that reaches Redis.
+
+        For a task that could not give them back itself: it must send nothing more under them.
+        Each is deleted only while its token still owns it, so one that ran out meanwhile and
+        went to another task is left alone; once it would have run out, it is forgotten.
+        """
+        with self._lock:
+            until = self._clock() + self._lock_ttl
+            for lock in locks:
+                self._to_free[lock] = until
+            if self._to_free:
+                self._start()
+                self._wake.set()
+
     def renew_now(self) -> None:
         with self._lock:
-            entries, locks = list(self._entries), list(self._locks)
-            if entries or locks:
-                self._schedule.renew(entries, locks, self._clock(), self._lock_ttl)
+            now = self._clock()
+            self._to_free = {lock: until for lock, until in self._to_free.items() if until > now}
+            entries, locks, free = list(self._entries), list(self._locks), list(self._to_free)
+            if entries or locks or free:
+                self._schedule.renew(entries, locks, now, self._lock_ttl, free=free)
+            for lock in free:
+                del self._to_free[lock]
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -348,13 +398,21 @@ class LeaseKeeper:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            self._wake.wait(self._wait())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.renew_now()
             except redis.RedisError as exc:
                 # Leases not renewed run out and their entries go to another worker: nothing
                 # is lost, at worst an update is tried twice under the case lock's rules.
                 log.warning("could not renew leases: %s", exc)
+
+    def _wait(self) -> float:
+        with self._lock:
+            return min(self._interval, FREE_RETRY) if self._to_free else self._interval
 
 
 def _forget(counts: dict[Any, int], items: Iterable[Any]) -> None:

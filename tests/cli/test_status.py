@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import redis
 
+from cli import status_cmd
 from cli.main import main
 from core.schedule import Job, Schedule
+from ops.health import Drain, Watched, sample_drain
 from settings import keys
-from tests.conftest import EVENTS, DeadLetterFactory, case_event
+from tests.conftest import EVENTS, RESULTS, DeadLetterFactory, case_event
 
 GROUP = "casesync"
 QUEUE = "casesync"
@@ -21,9 +23,20 @@ DUE = 1_800_000_000.0
 
 
 def _status(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, dict[str, Any]]:
-    code = main(["status", "--json", *options])
+    """``status --json``, without the drain sample unless ``options`` ask for it."""
+    code = main(["status", "--json", *(options or ("--no-sample",))])
     shown: dict[str, Any] = json.loads(capsys.readouterr().out)
     return code, shown
+
+
+def _table(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, str]:
+    code = main(["status", *(options or ("--no-sample",))])
+    return code, capsys.readouterr().out
+
+
+def _rows(table: str) -> dict[str, str]:
+    """The figures of a status table by their names."""
+    return {line.split("  ")[0].strip(): line for line in table.splitlines() if line.strip()}
 
 
 def _seed_backlog(db: redis.Redis, *, events: int, read: int, entry_ids: bool = False) -> None:
@@ -70,13 +83,14 @@ def test_status_counts_what_waits_where(
     assert shown["eventsLength"] == 5
     assert shown["lag"] == 3
     assert shown["pending"] == 2
-    assert 0 <= shown["oldestPendingAge"] < 60
+    assert 0 <= shown["longestPendingIdle"] < 60
     assert shown["queueDepth"] == 3
     assert shown["inFlight"] == 4
     assert shown["scheduled"] == 2
     assert "retriesWaiting" not in shown
     # Everything not yet ended: unread, pending, in flight, waiting on the schedule.
     assert shown["backlog"] == 3 + 2 + 4 + 2
+    assert shown["drain"] is None  # not sampled
     # Each dead letter adds its ``deadlettered`` outcome to the results stream.
     assert shown["resultsLength"] == 3
     assert shown["deadLetterLength"] == 3
@@ -94,13 +108,15 @@ def test_status_table_shows_the_figures_for_people(
     _seed_backlog(db, events=4, read=1)
     dead_letter(case_event("d", 1), "invalidCaseField")
 
-    assert main(["status"]) == 0
+    code, out = _table(capsys)
 
-    out = capsys.readouterr().out
-    lines = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.strip()}
+    assert code == 0
+    lines = _rows(out)
     assert "4 entries" in lines["events stream"]
     assert lines["not yet read (lag)"].split()[-1] == "3"
     assert lines["pending"].split()[-1] == "1"
+    assert lines["backlog"].split()[-2:] == ["4", "entries"]
+    assert lines["draining"].split()[-2:] == ["not", "sampled"]
     assert "invalidCaseField" in out
     assert "w1" in out
     assert out.rstrip().endswith("healthy")
@@ -129,10 +145,10 @@ def test_status_table_shows_what_waits_on_the_schedule_and_when_it_is_due(
     _seed_backlog(db, events=1, read=1)
     entry_ids = _seed_schedule(db, in_flight=3, waiting=2)
 
-    assert main(["status"]) == 0
+    code, out = _table(capsys)
 
-    out = capsys.readouterr().out
-    lines = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.strip()}
+    assert code == 0
+    lines = _rows(out)
     assert lines["in flight"].split()[-2:] == ["3", "entries"]
     assert lines["waiting on the schedule"].split()[-2:] == ["2", "entries"]
     assert "Next due on the schedule" in out
@@ -148,9 +164,10 @@ def test_no_schedule_table_when_nothing_waits(
 ) -> None:
     _seed_backlog(db, events=1, read=1)
 
-    assert main(["status"]) == 0
+    code, out = _table(capsys)
 
-    assert "Next due" not in capsys.readouterr().out
+    assert code == 0
+    assert "Next due" not in out
 
 
 def test_entries_on_the_schedule_with_no_worker_alive_make_status_fail(
@@ -175,8 +192,9 @@ def test_an_open_breaker_makes_status_fail_with_its_reason(
     assert code == 1
     assert shown["breakerOpen"] == "5 calls in a row failed (last: HTTP 503)"
     assert any("HTTP 503" in problem for problem in shown["problems"])
-    assert main(["status"]) == 1
-    assert "UNHEALTHY: the circuit breaker is open" in capsys.readouterr().out
+    code, out = _table(capsys)
+    assert code == 1
+    assert "UNHEALTHY: the circuit breaker is open" in out
 
 
 def test_events_waiting_with_no_worker_alive_make_status_fail(
@@ -196,7 +214,7 @@ def test_a_worker_idle_past_the_bound_is_not_alive(
 ) -> None:
     _seed_backlog(db, events=2, read=1)
 
-    code, shown = _status(capsys, "--alive-idle", "0", "--max-pending-age", "1e9")
+    code, shown = _status(capsys, "--no-sample", "--alive-idle", "0")
 
     assert code == 1
     assert shown["workers"][0]["alive"] is False
@@ -214,16 +232,125 @@ def test_events_without_a_consumer_group_count_as_lag(
     assert code == 1
 
 
-def test_an_old_pending_entry_makes_status_fail(
+def test_an_entry_published_long_ago_and_read_just_now_is_healthy(
     db: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _seed_backlog(db, events=1, read=1, entry_ids=True)
+    # A deep backlog: its entries are old when a worker gets to them, and that is fine.
+    _seed_backlog(db, events=3, read=1, entry_ids=True)
 
-    code, shown = _status(capsys, "--max-pending-age", "300")
+    code, shown = _status(capsys, "--no-sample", "--max-pending-idle", "300")
+
+    assert code == 0
+    assert shown["pending"] == 1
+    assert 0 <= shown["longestPendingIdle"] < 60
+
+
+def test_an_entry_read_long_ago_and_not_handed_on_makes_status_fail(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=3, read=2)
+    first = db.xpending_range(EVENTS, GROUP, "-", "+", 10)[0]["message_id"]
+    # As if worker w1 read it 400 s ago and has been stuck on it since.
+    db.xclaim(EVENTS, GROUP, "w1", 0, [first], idle=400_000, justid=True)
+
+    code, shown = _status(capsys, "--no-sample", "--max-pending-idle", "300")
 
     assert code == 1
-    assert shown["oldestPendingAge"] > 300
-    assert any("oldest pending entry" in problem for problem in shown["problems"])
+    assert shown["longestPendingIdle"] >= 400
+    assert any("s ago and not handed on" in p for p in shown["problems"])
+
+
+def test_the_earlier_name_of_the_pending_bound_still_works(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=1, read=1)
+    entry_id = db.xpending_range(EVENTS, GROUP, "-", "+", 1)[0]["message_id"]
+    db.xclaim(EVENTS, GROUP, "w1", 0, [entry_id], idle=400_000, justid=True)
+
+    assert _status(capsys, "--no-sample", "--max-pending-age", "1000")[0] == 0
+    assert _status(capsys, "--no-sample", "--max-pending-age", "300")[0] == 1
+
+
+def _sample_while(
+    monkeypatch: pytest.MonkeyPatch, db: redis.Redis, *, arrive: int, end: int
+) -> None:
+    """Make status's one-second sample see ``arrive`` events published and ``end`` outcomes
+    written, at once and on a clock that says one second went by."""
+
+    def meanwhile(seconds: float) -> None:
+        for n in range(arrive):
+            db.xadd(EVENTS, {"event": json.dumps(case_event(f"new{n}", 500 + n))})
+        for _ in range(end):
+            db.xadd(RESULTS, {"event": "{}"})
+
+    def sample(client: redis.Redis, watched: Watched, seconds: float) -> Drain | None:
+        ticks = iter([100.0, 100.0 + seconds])
+        return sample_drain(client, watched, seconds, sleep=meanwhile, clock=lambda: next(ticks))
+
+    monkeypatch.setattr(status_cmd, "sample_drain", sample)
+
+
+def test_status_reports_how_fast_the_backlog_drains(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed_backlog(db, events=40, read=0)
+    _sample_while(monkeypatch, db, arrive=10, end=30)
+
+    _, shown = _status(capsys, "--max-pending-idle", "300")
+
+    assert shown["backlog"] == 50
+    assert shown["drain"] == {
+        "sampleSeconds": 1.0,
+        "arrived": 10,
+        "ended": 30,
+        "arrivingPerSecond": 10.0,
+        "endingPerSecond": 30.0,
+        "drainingPerSecond": 20.0,
+        "emptyInSeconds": 2.5,
+    }
+
+
+def test_status_table_shows_the_drain_rate_and_when_the_backlog_is_gone(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed_backlog(db, events=590, read=0)
+    _sample_while(monkeypatch, db, arrive=10, end=30)
+
+    _, out = _table(capsys, "--max-pending-idle", "300")
+
+    lines = _rows(out)
+    assert lines["backlog"].split()[-2:] == ["600", "entries"]
+    assert lines["draining"].split(maxsplit=1)[1].rstrip() == (
+        "20.0/s (30.0/s ended, 10.0/s arrived), empty in about 30 s"
+    )
+
+
+def test_a_growing_backlog_reads_as_growing(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed_backlog(db, events=5, read=0)
+    _sample_while(monkeypatch, db, arrive=30, end=10)
+
+    _, shown = _status(capsys, "--max-pending-idle", "300")
+    assert shown["drain"]["drainingPerSecond"] == -20.0
+    assert shown["drain"]["emptyInSeconds"] is None
+
+    _sample_while(monkeypatch, db, arrive=30, end=10)
+    _, out = _table(capsys, "--max-pending-idle", "300")
+    assert "growing 20.0/s" in _rows(out)["draining"]
+
+
+def test_status_samples_the_drain_for_a_second_by_default(
+    db: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed_backlog(db, events=2, read=2)
+
+    code, shown = _status(capsys, "--max-pending-idle", "300")
+
+    assert code == 0
+    assert shown["drain"]["arrived"] == shown["drain"]["ended"] == 0
+    assert shown["drain"]["sampleSeconds"] == pytest.approx(status_cmd.SAMPLE_SECONDS, abs=0.5)
+    assert shown["drain"]["emptyInSeconds"] is None
 
 
 def test_an_empty_pipeline_is_healthy(db: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:

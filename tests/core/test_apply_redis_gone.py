@@ -1,4 +1,5 @@
-"""The applier when Redis goes away between a PUT and the write of its outcome.
+"""The applier when Redis goes away between a PUT and the write of its outcome, and how soon
+the case is free again.
 
 Only fakeredis lets a test cut the server's connection at that exact moment, so this module
 runs on it alone (the other apply tests run on both servers).
@@ -12,8 +13,9 @@ import pytest
 import redis
 
 from core.guards import Guards
-from tests.core.conftest import LEASE, LEDGER_TTL, Clock, MakeRig
-from tests.core.test_apply import CASE, assert_finished, event, methods
+from core.schedule import FREE_RETRY
+from tests.core.conftest import LEASE, LEDGER_TTL, LOCK_TTL, Clock, MakeRig
+from tests.core.test_apply import CASE, T1, assert_finished, event, methods
 from tests.fake_thalamus import FakeThalamus
 
 
@@ -61,3 +63,48 @@ def test_when_redis_is_gone_while_outcomes_are_written_the_entry_comes_back_and_
     assert methods(thalamus) == ["PUT", "GET"]
     assert thalamus.comments(CASE) == ["only once"]
     assert_finished(rig, job)
+
+
+def test_a_case_cut_off_by_redis_is_free_again_as_soon_as_redis_is_back(
+    make_rig: MakeRig,
+    thalamus: FakeThalamus,
+    store: redis.Redis,
+    fake_redis: redis.Redis,
+    clock: Clock,
+) -> None:
+    """Its lock would hold the case for CASESYNC_CASE_LOCK_TTL (here LOCK_TTL, 30 s); the lease
+    keeper frees it within about a second (FREE_RETRY) of Redis answering again, and the next
+    change of the case goes through at once."""
+    assert LOCK_TTL > 10 * (FREE_RETRY + 1), "the lock's own expiry would not be told apart"
+    server = fake_redis.connection_pool.connection_kwargs["server"]
+
+    class RedisGoesAwayAfterThePut:
+        def before_call(self) -> None:
+            pass
+
+        def after_call(self, status: int | None, retry_after: float | None) -> None:
+            if status == 201 and len(thalamus.sent("PUT")) == 1:
+                server.connected = False
+
+    rig = make_rig(client_options={"hooks": [RedisGoesAwayAfterThePut()]})
+    [cut_off] = rig.jobs(event("e1", comments=[{"description": "first"}]))
+    with pytest.raises(redis.ConnectionError):
+        rig.apply([cut_off])
+
+    server.connected = True
+    back = time.monotonic()
+    while rig.locks():
+        assert time.monotonic() - back < FREE_RETRY + 1, "the case waits for its lock to run out"
+        time.sleep(0.01)
+
+    [newer] = rig.jobs(event("e2", time=T1, status="Resolved"))
+    rig.apply([newer])
+    assert rig.outcome_types() == [("e2", "applied")]
+
+    # The cut-off update comes back when its lease runs out, and is read back, not resent.
+    clock.advance(LEASE + 1)
+    rig.apply(rig.take_due())
+    assert rig.outcome_types() == [("e2", "applied"), ("e1", "applied")]
+    assert thalamus.comments(CASE) == ["first"]
+    assert methods(thalamus) == ["PUT", "PUT", "GET"]
+    assert_finished(rig, cut_off, newer)

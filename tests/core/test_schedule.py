@@ -373,3 +373,69 @@ def test_the_keeper_outlives_a_failed_renewal_and_renews_once_redis_is_back(
     finally:
         server.connected = True
         keeper.close()
+
+
+def test_locks_to_free_later_are_freed_at_the_next_round_while_their_tokens_own_them(
+    any_redis: redis.Redis, keeper: LeaseKeeper
+) -> None:
+    any_redis.set(lock_key(1), "mine", px=30_000)
+    any_redis.set(lock_key(2), "another-task", px=30_000)  # ran out and was taken meanwhile
+    keeper.free_later([(lock_key(1), "mine"), (lock_key(2), "mine")])
+
+    keeper.renew_now()
+
+    assert any_redis.get(lock_key(1)) is None
+    assert any_redis.get(lock_key(2)) == "another-task"
+
+
+def test_locks_to_free_outlive_a_failed_round_and_are_freed_once_redis_is_back(
+    fake_redis: redis.Redis, clock: Clock
+) -> None:
+    server = fake_redis.connection_pool.connection_kwargs["server"]
+    keeper = LeaseKeeper(
+        Schedule(fake_redis, lease=LEASE), interval=3600.0, lock_ttl=30.0, clock=clock
+    )
+    fake_redis.set(lock_key(1), "mine", px=30_000)
+    try:
+        server.connected = False
+        keeper.free_later([(lock_key(1), "mine")])
+        with pytest.raises(redis.ConnectionError):
+            keeper.renew_now()
+        server.connected = True
+        clock.advance(29)
+
+        keeper.renew_now()
+
+        assert fake_redis.get(lock_key(1)) is None
+    finally:
+        server.connected = True
+        keeper.close()
+
+
+def test_locks_to_free_are_forgotten_once_they_would_have_run_out(
+    any_redis: redis.Redis, keeper: LeaseKeeper, clock: Clock
+) -> None:
+    keeper.free_later([(lock_key(1), "mine")])
+    clock.advance(31)
+    # Only to see that the keeper no longer tries: no lock outlives its time-to-live.
+    any_redis.set(lock_key(1), "mine")
+
+    keeper.renew_now()
+
+    assert any_redis.get(lock_key(1)) == "mine"
+
+
+def test_the_keeper_frees_locks_by_itself_at_once_without_waiting_out_its_interval(
+    any_redis: redis.Redis, schedule: Schedule, clock: Clock
+) -> None:
+    keeper = LeaseKeeper(schedule, interval=3600.0, lock_ttl=30.0, clock=clock)
+    any_redis.set(lock_key(1), "mine", px=30_000)
+    try:
+        keeper.hold([], [(lock_key(2), "mine")])  # its thread runs, waiting out the hour
+        keeper.free_later([(lock_key(1), "mine")])
+        deadline = time.monotonic() + 2
+        while any_redis.exists(lock_key(1)):
+            assert time.monotonic() < deadline, "the lock was not freed"
+            time.sleep(0.01)
+    finally:
+        keeper.close()
