@@ -283,6 +283,10 @@ class BatchApplier:
             return self._poison(job, event, state)
         if self._breaker_tripped():
             return Rescheduled(job, self._policy.breaker_wait, kept, "breaker open")
+        if not self._keeper.locks_confirmed():
+            # Redis has not renewed the case's lock lately: it may have run out and gone to
+            # another task. Send nothing more under it; the event waits instead.
+            return Rescheduled(job, self._policy.fault_wait, kept, "case lock not confirmed")
         first = job.first_attempt_at if job.first_attempt_at is not None else self._clock()
         job = replace(job, attempts=job.attempts + 1, first_attempt_at=first)
         try:

@@ -346,14 +346,30 @@ class LeaseKeeper:
         #: Set to start a round now: locks to free should not wait out a whole interval.
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When Redis last confirmed this process's locks: taken, or renewed (clock time).
+        self._confirmed_at = clock()
 
     def hold(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
+        """Renew these from now on; ``locks`` were just taken, which confirms them."""
         with self._lock:
             for entry_id in entry_ids:
                 self._entries[entry_id] = self._entries.get(entry_id, 0) + 1
+            locks = list(locks)
             for lock in locks:
                 self._locks[lock] = self._locks.get(lock, 0) + 1
+            if locks:
+                self._confirmed_at = max(self._confirmed_at, self._clock())
             self._start()
+
+    def locks_confirmed(self) -> bool:
+        """Whether Redis confirmed this process's case locks within half their time to live.
+
+        When renewals fail (Redis unreachable), a lock may run out and its case go to another
+        task: a task checks this before each attempt and, when it fails, sends nothing more
+        under its locks, so two tasks never update one case at once.
+        """
+        with self._lock:
+            return self._clock() - self._confirmed_at < self._lock_ttl / 2
 
     def release(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
         with self._lock:
@@ -382,6 +398,7 @@ class LeaseKeeper:
             entries, locks, free = list(self._entries), list(self._locks), list(self._to_free)
             if entries or locks or free:
                 self._schedule.renew(entries, locks, now, self._lock_ttl, free=free)
+            self._confirmed_at = now
             for lock in free:
                 del self._to_free[lock]
 

@@ -556,6 +556,29 @@ def test_a_case_locked_by_another_task_waits_on_the_schedule_and_the_other_cases
     assert_finished(rig, *busy)
 
 
+def test_a_task_whose_case_locks_redis_has_not_confirmed_lately_sends_nothing_more(
+    make_rig: MakeRig, thalamus: FakeThalamus, clock: Clock
+) -> None:
+    # Redis stops answering the lease keeper while a case's events are being sent: after half
+    # the lock's time to live, the lock may be gone to another task, so the rest must wait.
+    class RenewalsFailFromNowOn:
+        def before_call(self) -> None:
+            pass
+
+        def after_call(self, status: int | None, retry_after: float | None) -> None:
+            clock.advance(LOCK_TTL)
+
+    rig = make_rig(client_options={"hooks": [RenewalsFailFromNowOn()]})
+    jobs = rig.jobs(*(event(f"e{n}", f"2026-11-28T10:1{n}:00Z", status="Open") for n in range(3)))
+
+    rig.apply(jobs)
+
+    assert len(thalamus.sent("PUT")) == 1
+    assert rig.outcome_types() == [("e0", "applied")]
+    assert set(rig.due()) == {job.entry_id for job in jobs[1:]}
+    assert [waiting(rig, job).attempts for job in jobs[1:]] == [0, 0], "no budget spent"
+
+
 def test_the_events_of_a_busy_case_wait_together_and_come_back_as_one_batch(
     rig: Rig, thalamus: FakeThalamus, store: redis.Redis, clock: Clock
 ) -> None:
