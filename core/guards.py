@@ -89,6 +89,13 @@ def lock_key(case_id: int) -> str:
     return keys.case_key(keys.CASE_LOCK, case_id)
 
 
+def order_key_parts(key: str) -> tuple[dt.datetime, str]:
+    """The event time and stream entry id an :func:`order_key` was made of."""
+    micros, millis, seq = key.split("-")
+    moment = dt.datetime.fromtimestamp(int(micros) / 1_000_000, tz=dt.UTC)
+    return moment, f"{int(millis)}-{int(seq)}"
+
+
 @dataclass(frozen=True)
 class EventKeys:
     ledger: str
