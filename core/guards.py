@@ -98,9 +98,13 @@ def order_key_parts(key: str) -> tuple[dt.datetime, str]:
 
 @dataclass(frozen=True)
 class EventKeys:
+    """An event's guard keys, and the identity they were made of."""
+
     ledger: str
     mark: str
     entry_id: str
+    source: str
+    event_id: str
 
     @classmethod
     def of(cls, source: str, event_id: str, entry_id: str) -> EventKeys:
@@ -108,6 +112,8 @@ class EventKeys:
             ledger=keys.event_key(keys.LEDGER, source, event_id),
             mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
             entry_id=entry_id,
+            source=source,
+            event_id=event_id,
         )
 
 
