@@ -16,6 +16,7 @@ from cli import (
     publish_cmd,
     simulator_cmd,
     status_cmd,
+    trace_cmd,
     worker_cmd,
 )
 from settings import SettingsError
@@ -25,6 +26,7 @@ COMMANDS = (
     worker_cmd,
     publish_cmd,
     status_cmd,
+    trace_cmd,
     dlq_cmd,
     demo_cmd,
     simulator_cmd,
