@@ -17,6 +17,7 @@ from cli import (
     publish_cmd,
     simulator_cmd,
     status_cmd,
+    trace_cmd,
     worker_cmd,
 )
 from settings import SettingsError
@@ -26,6 +27,7 @@ COMMANDS = (
     worker_cmd,
     publish_cmd,
     status_cmd,
+    trace_cmd,
     dlq_cmd,
     demo_cmd,
     simulator_cmd,

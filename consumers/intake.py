@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from core import outcomes
+from core import outcomes, trace
 from core.events import InvalidEvent, Limits, identity, parse_entry
 from core.outcomes import DeadLetterRecord, Outcome, Reply, Streams, log_outcome
 from core.schedule import Job, Schedule
@@ -47,6 +47,7 @@ class IntakeConfig:
     max_deliveries: int = 5
     claim_idle: float = 60.0
     limits: Limits = field(default_factory=Limits)
+    trace: trace.Bounds = trace.DEFAULT_BOUNDS
 
 
 #: Sends one task carrying these jobs (the Celery side passes it in).
@@ -168,15 +169,17 @@ class Intake:
         now = self._clock()
         jobs: list[Job] = []
         invalid: list[tuple[str, InvalidEvent]] = []
+        records: list[trace.Record] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending: nothing to apply
                 continue
             try:
-                parse_entry(fields, self._config.limits, now=now)
+                event = parse_entry(fields, self._config.limits, now=now)
             except InvalidEvent as exc:
                 invalid.append((entry_id, exc))
             else:
                 jobs.append(Job(entry_id, fields["event"]))
+                records.append(trace.arrived(entry_id, event, now))
         pipe = self._redis.pipeline(transaction=True)
         self._schedule.add_leased(pipe, jobs, now)
         replies: list[Reply] = []
@@ -184,6 +187,8 @@ class Intake:
             record = DeadLetterRecord(problem.raw, None, entry_id)
             outcome = outcomes.of_invalid(problem)
             replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
+            records += _traced_dead_letter(entry_id, outcome, now)
+        trace.add(pipe, self._config.trace, records)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
         pipe.execute()
         outcomes.send_replies(self._redis, self._streams, replies)
@@ -243,6 +248,7 @@ class Intake:
         limits = self._config.limits
         pipe = self._redis.pipeline(transaction=True)
         replies: list[Reply] = []
+        records: list[trace.Record] = []
         for entry_id, fields in entries:
             raw = (fields or {}).get("event", "")
             detail = (
@@ -252,7 +258,9 @@ class Intake:
             outcome = _poison_outcome(raw, detail, limits)
             record = DeadLetterRecord(raw, None, entry_id)
             replies += outcomes.add_dead_letter(pipe, self._streams, outcome, record, now)
+            records += _traced_dead_letter(entry_id, outcome, now)
             pipe.xack(self._config.stream, self._config.group, entry_id)
+        trace.add(pipe, self._config.trace, records)
         pipe.execute()
         outcomes.send_replies(self._redis, self._streams, replies)
         for entry_id, fields in entries:
@@ -313,6 +321,14 @@ class Intake:
 
 def _stream_order(job: Job) -> tuple[int, ...]:
     return tuple(int(part) for part in job.entry_id.split("-") if part.isdigit())
+
+
+def _traced_dead_letter(entry_id: str, outcome: Outcome, now: float) -> list[trace.Record]:
+    """The trace of an entry intake dead-lettered at once: none when it names no case."""
+    subject = trace.subject_of(outcome, entry_id)
+    if subject is None:
+        return []
+    return [trace.arrived_invalid(subject, now), trace.outcome(subject, now, outcome)]
 
 
 def _poison_outcome(raw: str, detail: str, limits: Limits) -> Outcome:

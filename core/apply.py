@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import redis
 
-from core import outcomes
+from core import outcomes, trace
 from core.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
 from core.guards import BreakerOpen, CaseHold, EventKeys, EventState, Guards, lock_key, order_key
 from core.outcomes import DeadLetterRecord, Outcome, Streams
@@ -60,6 +60,10 @@ class Finished:
     mark: MarkAfter
     ledger: bool = False
     newest: str = ""
+    #: The attempt that ended the event, for its trace (None when it ended without one).
+    tried: trace.Attempt | None = None
+    #: The order key of the newer change that superseded the event.
+    superseded_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,12 @@ class Rescheduled:
     job: Job
     delay: float
     mark: MarkAfter
+    #: One of trace.RETRY, BUSY_CASE, BREAKER, REDIS_FAULT.
     why: str
+    #: The attempt that failed (why RETRY), for the event's trace.
+    tried: trace.Attempt | None = None
+    #: The class of the error that made it wait, when not an attempt's (a Redis fault).
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ class BatchApplier:
         max_deliveries: int,
         breaker_tripped: Callable[[], bool] = lambda: False,
         on_session_refused: Callable[[str], None] = lambda reason: None,
+        trace_bounds: trace.Bounds = trace.DEFAULT_BOUNDS,
         flush_interval: float = 0.01,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -156,6 +166,7 @@ class BatchApplier:
         self._max_deliveries = max_deliveries
         self._breaker_tripped = breaker_tripped
         self._on_session_refused = on_session_refused
+        self._trace = trace_bounds
         self._flush_interval = flush_interval
         self._clock = clock
 
@@ -237,7 +248,7 @@ class BatchApplier:
     def _wait_for_breaker(self, case_id: int, group: list[_Item]) -> CaseRun:
         wait = self._policy.breaker_wait
         ends: list[EventEnd] = [
-            Rescheduled(item.job, wait, UNTOUCHED, "breaker open") for item in group
+            Rescheduled(item.job, wait, UNTOUCHED, trace.BREAKER) for item in group
         ]
         return CaseRun(case_id, False, "", ends, [item.keys for item in group])
 
@@ -269,7 +280,7 @@ class BatchApplier:
         if state.done:
             return AlreadyDone(item.job)
         job = replace(item.job, waits=item.job.waits + 1)
-        return Rescheduled(job, delay, UNTOUCHED, "another task is updating the case")
+        return Rescheduled(job, delay, UNTOUCHED, trace.BUSY_CASE)
 
     def _run_event(self, item: _Item, state: EventState, newest: str) -> EventEnd:
         """One event of a held case: an outcome, or a time to try again."""
@@ -282,30 +293,32 @@ class BatchApplier:
         if job.lost >= self._max_deliveries:
             return self._poison(job, event, state)
         if self._breaker_tripped():
-            return Rescheduled(job, self._policy.breaker_wait, kept, "breaker open")
+            return Rescheduled(job, self._policy.breaker_wait, kept, trace.BREAKER)
         if not self._keeper.locks_confirmed():
             # Redis has not renewed the case's lock lately: it may have run out and gone to
             # another task. Send nothing more under it; the event waits instead.
-            return Rescheduled(job, self._policy.fault_wait, kept, "case lock not confirmed")
-        first = job.first_attempt_at if job.first_attempt_at is not None else self._clock()
+            return Rescheduled(job, self._policy.fault_wait, kept, trace.REDIS_FAULT)
+        started = self._clock()
+        first = job.first_attempt_at if job.first_attempt_at is not None else started
         job = replace(job, attempts=job.attempts + 1, first_attempt_at=first)
+        tried = trace.Attempt(job.attempts, started)
         try:
-            return self._attempt(job, event, state, newest)
-        except ThalamusError as error:
-            return self._failed(job, event, state, error)
+            return self._attempt(job, event, state, newest, tried)
         except redis.RedisError as exc:
             # Redis failed under a hook (session, rate cap): a fault of casesync's, not the
             # event's. It waits, spending nothing; the case is read first if a PUT went out.
             log.warning("event %s/%s waits for Redis: %s", event.source, event.id, exc)
             job = replace(job, attempts=job.attempts - 1)
-            return Rescheduled(job, self._policy.fault_wait, state.since_ms, "Redis failed")
+            wait = self._policy.fault_wait
+            return Rescheduled(job, wait, state.since_ms, trace.REDIS_FAULT, error=_name(exc))
         except Exception as exc:
             # A bug must not take the batch's other events with it. This one is retried like a
             # lost answer (its case read first), spending its budget, so an event that always
             # hits the bug ends as retriesExhausted naming it rather than looping.
             log.exception("event %s/%s failed unexpectedly", event.source, event.id)
             unexpected = OutcomeUnknown(f"unexpected error: {type(exc).__name__}: {exc}")
-            return self._failed(job, event, state, unexpected)
+            unexpected.__cause__ = exc
+            return self._failed(job, event, state, unexpected, tried)
 
     def _poison(self, job: Job, event: CaseChangeEvent, state: EventState) -> EventEnd:
         detail = (
@@ -319,29 +332,63 @@ class BatchApplier:
         return Finished(job, outcome, state.since_ms)
 
     def _attempt(
-        self, job: Job, event: CaseChangeEvent, state: EventState, newest: str
+        self,
+        job: Job,
+        event: CaseChangeEvent,
+        state: EventState,
+        newest: str,
+        tried: trace.Attempt,
     ) -> EventEnd:
         key = order_key(event.time, job.entry_id)
         superseded = bool(newest) and newest > key
+        winner = newest if superseded else ""
         try:
             current = self._read_case_if_needed(event, state, superseded)
         except ThalamusError as error:
             # Not read back: an earlier attempt's result stays unknown.
-            return self._failed(job, event, state, error, read_back=False)
-        if state.outcome_unknown and current is not None and _took_effect(event, current, state):
-            log.info("event %s/%s had already taken effect", event.source, event.id)
-            own = None if superseded else _plan(event, current, superseded=False).update
-            if own is not None and _state_differs(own, current):
-                # Its comments are on the case, but its order key was never written, so an
-                # older change applied since has set other state: set its own again, alone.
-                again = own.model_copy(update={"comments": None})
-                current = self._thalamus.update_case(event.case_id, again)
-            return _applied(job, event, outcomes.APPLIED, current, key)
+            if state.outcome_unknown:
+                tried = replace(tried, read_back=trace.READ_FAILED)
+            return self._failed(job, event, state, error, tried, read_back=False)
+        if state.outcome_unknown and current is not None:
+            if _took_effect(event, current, state):
+                log.info("event %s/%s had already taken effect", event.source, event.id)
+                tried = replace(tried, read_back=trace.TOOK_EFFECT)
+                return self._took_effect(job, event, state, current, key, superseded, tried)
+            tried = replace(tried, read_back=trace.NOT_APPLIED)
         plan = _plan(event, current, superseded)
         if plan.update is None:
-            return Finished(job, _outcome(event, plan.outcome_type, job), None, ledger=True)
-        case = self._thalamus.update_case(event.case_id, plan.update)
-        return _applied(job, event, plan.outcome_type, case, key)
+            outcome = _outcome(event, plan.outcome_type, job)
+            return Finished(job, outcome, None, ledger=True, superseded_by=winner)
+        try:
+            case = self._thalamus.update_case(event.case_id, plan.update)
+        except ThalamusError as error:
+            return self._failed(job, event, state, error, tried)
+        tried = replace(tried, http_status=201)
+        return replace(
+            _applied(job, event, plan.outcome_type, case, key, tried), superseded_by=winner
+        )
+
+    def _took_effect(
+        self,
+        job: Job,
+        event: CaseChangeEvent,
+        state: EventState,
+        current: Case,
+        key: str,
+        superseded: bool,
+        tried: trace.Attempt,
+    ) -> EventEnd:
+        """An update whose answer was lost did land: report it applied, its state set again
+        if an older change was applied since (its order key was never written to stop it)."""
+        own = None if superseded else _plan(event, current, superseded=False).update
+        if own is not None and _state_differs(own, current):
+            again = own.model_copy(update={"comments": None})
+            try:
+                current = self._thalamus.update_case(event.case_id, again)
+            except ThalamusError as error:
+                # Its comments are on the case: the mark stays, so they are never sent again.
+                return self._failed(job, event, state, error, tried, read_back=False)
+        return _applied(job, event, outcomes.APPLIED, current, key, tried)
 
     def _read_case_if_needed(
         self, event: CaseChangeEvent, state: EventState, superseded: bool
@@ -359,6 +406,7 @@ class BatchApplier:
         event: CaseChangeEvent,
         state: EventState,
         error: ThalamusError,
+        tried: trace.Attempt,
         *,
         read_back: bool = True,
     ) -> EventEnd:
@@ -375,14 +423,15 @@ class BatchApplier:
             self._on_session_refused(error.detail)
         unknown = isinstance(error, OutcomeUnknown) or (state.outcome_unknown and not read_back)
         mark = state.since_ms if unknown else None
+        tried = tried.failed(error)
         if isinstance(decision, Retry):
             if not decision.spends_budget:
                 job = replace(job, attempts=max(0, job.attempts - 1))
             log.info(
                 "event %s/%s: %s; retry in %.2f s", event.source, event.id, error, decision.delay
             )
-            return Rescheduled(job, decision.delay, mark, str(error))
-        return Finished(job, _dead_outcome(event, job, decision), mark)
+            return Rescheduled(job, decision.delay, mark, trace.RETRY, tried)
+        return Finished(job, _dead_outcome(event, job, decision), mark, tried=tried)
 
     def _write(self, runs: list[CaseRun], token: str, report: BatchReport) -> set[str]:
         """One MULTI for the ends of ``runs``: outcomes, dead letters, schedule, guards, locks.
@@ -392,11 +441,15 @@ class BatchApplier:
         now = self._clock()
         pipe = self._redis.pipeline(transaction=True)
         replies: list[outcomes.Reply] = []
+        records: list[trace.Record] = []
         for run in runs:
             for ek, end in zip(run.keys, run.ends, strict=True):
                 replies += self._add_end(pipe, end, ek, now)
+                if self._trace.on:
+                    records += _traced(end, ek, run.case_id, now)
             if run.held:
                 self._guards.add_release(pipe, run.case_id, token, run.newest)
+        trace.add(pipe, self._trace, records)
         pipe.execute()
         # The results stream is the record; the copies to reply streams are best-effort.
         outcomes.send_replies(self._redis, self._streams, replies)
@@ -554,9 +607,32 @@ def _state_differs(update: CaseUpdate, case: Case) -> bool:
     return any(str(case.caseData.get(key)) != str(value) for key, value in wanted_data.items())
 
 
-def _applied(job: Job, event: CaseChangeEvent, kind: str, case: Case, key: str) -> Finished:
+def _applied(
+    job: Job, event: CaseChangeEvent, kind: str, case: Case, key: str, tried: trace.Attempt
+) -> Finished:
     outcome = _outcome(event, kind, job, http_status=201, case=case.model_dump(mode="json"))
-    return Finished(job, outcome, None, ledger=True, newest=key)
+    return Finished(job, outcome, None, ledger=True, newest=key, tried=tried)
+
+
+def _traced(end: EventEnd, ek: EventKeys | None, case_id: int, now: float) -> list[trace.Record]:
+    """The trace record of an event's end: none for one an earlier delivery finished, or for an
+    unreadable event that names no case."""
+    if isinstance(end, AlreadyDone):
+        return []
+    if isinstance(end, Rescheduled):
+        assert ek is not None  # only a readable event goes back to the schedule
+        waiting = trace.Subject(case_id, end.job.entry_id, ek.source, ek.event_id)
+        why, delay, tried, error = end.why, end.delay, end.tried, end.error
+        return [trace.rescheduled(waiting, now, why=why, delay=delay, tried=tried, error=error)]
+    ended = trace.subject_of(end.outcome, end.job.entry_id)
+    if ended is None:
+        return []
+    by = end.superseded_by
+    return [trace.outcome(ended, now, end.outcome, superseded_by=by, tried=end.tried)]
+
+
+def _name(error: BaseException) -> str:
+    return type(error).__name__
 
 
 def _outcome(event: CaseChangeEvent, kind: str, job: Job, **details: object) -> Outcome:

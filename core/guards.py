@@ -89,11 +89,22 @@ def lock_key(case_id: int) -> str:
     return keys.case_key(keys.CASE_LOCK, case_id)
 
 
+def order_key_parts(key: str) -> tuple[dt.datetime, str]:
+    """The event time and stream entry id an :func:`order_key` was made of."""
+    micros, millis, seq = key.split("-")
+    moment = dt.datetime.fromtimestamp(int(micros) / 1_000_000, tz=dt.UTC)
+    return moment, f"{int(millis)}-{int(seq)}"
+
+
 @dataclass(frozen=True)
 class EventKeys:
+    """An event's guard keys, and the identity they were made of."""
+
     ledger: str
     mark: str
     entry_id: str
+    source: str
+    event_id: str
 
     @classmethod
     def of(cls, source: str, event_id: str, entry_id: str) -> EventKeys:
@@ -101,6 +112,8 @@ class EventKeys:
             ledger=keys.event_key(keys.LEDGER, source, event_id),
             mark=keys.event_key(keys.ATTEMPT_MARK, source, event_id),
             entry_id=entry_id,
+            source=source,
+            event_id=event_id,
         )
 
 

@@ -213,6 +213,19 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's Prometheus metrics; 0 = off."
     )
+    trace_length: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Records `casesync trace` keeps per case, newest first (one per arrival, "
+        "retry, wait or outcome of an event); 0 turns tracing off.",
+    )
+    trace_ttl: float = Field(
+        86400.0,
+        ge=1,
+        description="Seconds a case's trace is kept after its last record, and an event's "
+        "`(source, id)` is found by `casesync trace --event` after it arrived.",
+    )
 
     @field_validator(
         "thalamus_url",

@@ -31,6 +31,14 @@ LEGACY_ENTRY_DONE = f"{PREFIX}:entry-done"
 ATTEMPT_MARK = f"{PREFIX}:attempt"
 
 
+#: What casesync did with each event of a case, newest first (``core.trace`` records as JSON):
+#: capped at ``CASESYNC_TRACE_LENGTH``, expiring ``CASESYNC_TRACE_TTL`` after the last record.
+TRACE_CASE = f"{PREFIX}:trace:case"
+#: An event's ``(source, id)`` -> its case id, for ``casesync trace --event``; written when the
+#: event arrives, it expires ``CASESYNC_TRACE_TTL`` later.
+TRACE_EVENT = f"{PREFIX}:trace:event"
+
+
 def event_key(prefix: str, source: str, event_id: str) -> str:
     """A per-event key; ``source`` and ``id`` are length-prefixed so no two pairs can collide."""
     return f"{prefix}:{len(source)}:{source}:{event_id}"

@@ -22,7 +22,13 @@ from core.outcomes import Streams
 from core.schedule import Schedule
 from settings import Settings
 from tasks.batch import send_batch
-from tasks.runtime import breaker_of, limits_of, redis_client, thalamus_client
+from tasks.runtime import (
+    breaker_of,
+    limits_of,
+    redis_client,
+    thalamus_client,
+    trace_bounds_of,
+)
 from thalamus.client import build_http_client
 
 log = logging.getLogger("casesync.intake")
@@ -39,6 +45,7 @@ def intake_config(settings: Settings, consumer: str) -> IntakeConfig:
         max_deliveries=settings.max_deliveries,
         claim_idle=settings.claim_idle,
         limits=limits_of(settings),
+        trace=trace_bounds_of(settings),
     )
 
 

@@ -22,7 +22,7 @@ import httpx
 import redis
 from redis.sentinel import Sentinel
 
-from core import metrics
+from core import metrics, trace
 from core.apply import BatchApplier
 from core.events import Limits
 from core.guards import Guards
@@ -149,6 +149,10 @@ def retry_policy_of(settings: Settings) -> RetryPolicy:
     )
 
 
+def trace_bounds_of(settings: Settings) -> trace.Bounds:
+    return trace.Bounds(length=settings.trace_length, ttl=settings.trace_ttl)
+
+
 def build_runtime(settings: Settings) -> Runtime:
     # One line per request at INFO would drown the outcome lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -197,6 +201,7 @@ def build_runtime(settings: Settings) -> Runtime:
         max_deliveries=settings.max_deliveries,
         breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
+        trace_bounds=trace_bounds_of(settings),
     )
     return Runtime(settings, client, http, thalamus, schedule, keeper, executor, applier)
 

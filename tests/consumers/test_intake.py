@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from redis.client import Pipeline
 
 from consumers.intake import Intake, IntakeConfig
+from core import trace
 from core.outcomes import Streams
 from core.schedule import Job, Schedule
 from settings import keys
@@ -831,3 +832,95 @@ def test_a_dead_letters_reply_key_that_is_not_a_stream_does_not_stop_intake(
     assert len(dead_letters(any_redis)) == 2
     assert len(outcomes(any_redis)) == 2
     assert any_redis.type("billing:results") == "hash"
+
+
+# --- the trace ---------------------------------------------------------------------------------
+
+
+def trace_records(client: redis.Redis, case_id: int = 12345) -> list[dict[str, Any]]:
+    """The case's trace as stored, oldest first."""
+    texts: Any = client.lrange(trace.case_key(case_id), 0, -1)
+    return [json.loads(text) for text in reversed(texts)]
+
+
+def test_each_entry_taken_is_recorded_as_arrived_with_its_event_indexed_to_its_case(
+    any_redis: redis.Redis, intake: Intake, clock: Clock
+) -> None:
+    ids = publish(any_redis, event("e1"), event("e2", case_id=7))
+
+    intake.poll()
+
+    assert trace_records(any_redis) == [
+        {
+            "t": clock.now,
+            "step": "arrived",
+            "entry": ids[0],
+            "source": "urn:example:billing",
+            "id": "e1",
+            "eventTime": "2026-11-28T10:15:00Z",
+            "comments": 0,
+            "caseDataFields": 0,
+        }
+    ]
+    assert [record["id"] for record in trace_records(any_redis, 7)] == ["e2"]
+    assert any_redis.get(trace.event_key("urn:example:billing", "e1")) == "12345"
+    assert any_redis.get(trace.event_key("urn:example:billing", "e2")) == "7"
+
+
+def test_an_invalid_entry_naming_its_case_is_recorded_with_its_dead_letter(
+    any_redis: redis.Redis, intake: Intake
+) -> None:
+    no_code = json.loads(event("e2"))
+    del no_code["data"]["typeCode"]
+    [entry_id] = publish(any_redis, json.dumps(no_code))
+    publish(any_redis, "{broken")  # names no case: no trace
+
+    intake.poll()
+
+    arrived, ended = trace_records(any_redis)
+    assert (arrived["step"], arrived["entry"], arrived["valid"]) == ("arrived", entry_id, False)
+    assert (ended["outcome"], ended["reason"], ended["attempts"]) == (
+        "deadlettered",
+        "CodeRequired",
+        0,
+    )
+    assert sorted(any_redis.keys("casesync:trace:case:*")) == ["casesync:trace:case:12345"]
+
+
+def test_the_trace_is_written_in_the_multi_that_leases_the_entries(
+    any_redis: redis.Redis, intake: Intake, multi_fails: list[list[str]]
+) -> None:
+    publish(any_redis, event("e1"))
+
+    with pytest.raises(redis.ConnectionError):
+        intake.poll()
+
+    [commands] = multi_fails
+    assert {"LPUSH", "LTRIM", "EXPIRE", "SET", "XACK"} <= set(commands)
+    assert any_redis.keys("casesync:trace:*") == []
+
+
+def test_a_poison_entry_is_recorded_with_its_dead_letter(
+    any_redis: redis.Redis, make_intake: MakeIntake
+) -> None:
+    [entry_id] = publish(any_redis, event("poison"))
+    deliver(any_redis, 2)
+    intake = make_intake(claim_idle=0.01)
+    time.sleep(0.05)
+
+    intake.reclaim()
+
+    assert [(r["entry"], r["step"], r.get("reason")) for r in trace_records(any_redis)] == [
+        (entry_id, "arrived", None),
+        (entry_id, "outcome", "poisonEvent"),
+    ]
+
+
+def test_with_tracing_off_intake_records_nothing(
+    any_redis: redis.Redis, make_intake: MakeIntake
+) -> None:
+    publish(any_redis, event("e1"), "{broken")
+
+    make_intake(trace=trace.Bounds(length=0)).poll()
+
+    assert any_redis.keys("casesync:trace:*") == []
