@@ -179,8 +179,86 @@ def test_the_simulator_runs_only_in_the_dev_profile() -> None:
     assert simulator["profiles"] == ["dev"]
     assert simulator["command"] == ["simulator", "--host", "0.0.0.0", "--port", "8085"]
     assert "/api/isAlive" in " ".join(simulator["healthcheck"]["test"])
-    others = [name for name, service in SERVICES.items() if name != "simulator"]
-    assert all("profiles" not in SERVICES[name] for name in others)
+
+
+MONITORING = ("prometheus", "grafana")
+
+
+def test_only_the_simulator_and_the_monitoring_services_are_optional() -> None:
+    profiles = {name: service.get("profiles") for name, service in SERVICES.items()}
+    assert profiles.pop("simulator") == ["dev"]
+    assert {name: profiles.pop(name) for name in MONITORING} == {
+        name: ["monitoring"] for name in MONITORING
+    }
+    assert set(profiles.values()) == {None}, "redis, worker and flower always run"
+
+
+@pytest.mark.parametrize("service", MONITORING)
+def test_the_monitoring_images_are_pinned_by_tag(service: str) -> None:
+    image = SERVICES[service]["image"]
+    assert "build" not in SERVICES[service]
+    name, _, tag = image.rpartition(":")
+    assert name
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{service}: {image} is not a pinned version"
+
+
+@pytest.mark.parametrize("service", MONITORING)
+def test_the_monitoring_profile_requires_no_variable(service: str) -> None:
+    # Compose interpolates every service, active profile or not: a ${NAME:?} here would stop
+    # `docker compose up` for everyone who does not monitor.
+    assert ":?" not in yaml.safe_dump(SERVICES[service])
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_no_port_is_published_beyond_this_machine(service: str) -> None:
+    for port in SERVICES[service].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"{service} publishes {port} to every host"
+
+
+def bind_mounts(service: str) -> dict[str, tuple[Path, str]]:
+    """The files of this checkout a service mounts: by path in the container, the file and the
+    mode (``ro``, or empty)."""
+    mounts = [[*str(volume).split(":"), ""] for volume in SERVICES[service].get("volumes", [])]
+    return {
+        target: (ROOT / source, mode)
+        for source, target, mode, *_ in mounts
+        if source.startswith("./")
+    }
+
+
+@pytest.mark.parametrize("service", MONITORING)
+def test_the_files_the_monitoring_services_mount_exist(service: str) -> None:
+    mounts = bind_mounts(service)
+    assert mounts
+    for target, (source, mode) in mounts.items():
+        assert source.exists(), f"{service} mounts {source.relative_to(ROOT)}, which is missing"
+        assert source.resolve().is_relative_to(ROOT / "deploy"), f"{service}: {source}"
+        assert mode == "ro", f"{service} may write to {source.relative_to(ROOT)} at {target}"
+
+
+def test_prometheus_scrapes_every_worker_on_its_metrics_port() -> None:
+    worker = SERVICES["worker"]
+    port = worker["environment"]["CASESYNC_METRICS_PORT"]
+    assert worker["expose"] == [port]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8"))
+    [job] = config["scrape_configs"]
+    [look_up] = job["dns_sd_configs"]
+    assert (look_up["names"], look_up["type"], look_up["port"]) == (["worker"], "A", int(port))
+    mounted = bind_mounts("prometheus")
+    for rules in config["rule_files"]:
+        assert f"/etc/prometheus/{rules}" in mounted, f"prometheus.yml loads {rules}, not mounted"
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    mounted = {target: source for target, (source, _) in bind_mounts("grafana").items()}
+    provisioning = "/etc/grafana/provisioning"
+    datasources = mounted[f"{provisioning}/datasources"] / "prometheus.yml"
+    sources = yaml.safe_load(datasources.read_text(encoding="utf-8"))
+    assert [source["url"] for source in sources["datasources"]] == ["http://prometheus:9090"]
+    dashboards = mounted[f"{provisioning}/dashboards"] / "casesync.yml"
+    providers = yaml.safe_load(dashboards.read_text(encoding="utf-8"))
+    [folder] = [provider["options"]["path"] for provider in providers["providers"]]
+    assert mounted[f"{folder}/casesync.json"] == ROOT / "deploy/grafana/casesync.json"
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
