@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,10 @@ FAST_SETTINGS = {
 }
 
 
+#: Celery options of a test worker: no waiting for neighbours at start. ``casesync worker``
+#: itself runs without them (mingle and gossip on).
+QUICK_START = ("--without-mingle", "--without-gossip")
+
 #: A token no other string could be mistaken for, so a test can look for it in logs and streams.
 TOKEN = f"tok-{secrets.token_hex(12)}"
 
@@ -73,10 +77,10 @@ class Pipeline:
             **overrides,
         }
 
-    def start_worker(self, **overrides: str) -> Any:
+    def start_worker(self, *, celery_options: Sequence[str] = QUICK_START, **overrides: str) -> Any:
         log = (self.logs / f"worker-{len(self.workers)}.log").open("wb")
         self.stack.callback(log.close)
-        argv = processes.worker_command("--without-mingle", "--without-gossip")
+        argv = processes.worker_command(*celery_options)
         process = processes.start_process(argv, self.env(**overrides), log)
         self.stack.callback(processes.stop_process, process)
         self.workers.append(process)
