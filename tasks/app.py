@@ -13,7 +13,7 @@ from tasks import batch
 from tasks.broker import use_fixed_transport
 from tasks.intake_step import IntakeStep
 from tasks.observability import use_json_logs
-from tasks.runtime import close_runtime
+from tasks.runtime import close_runtime, sentinel_parts
 
 #: Celery's loggers of a line per task received and per task ended.
 TASK_LINES = ("celery.worker.strategy", "celery.app.trace")
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> CasesyncApp:
             "socket_connect_timeout": settings.redis_timeout,
             # Used by kombu only for sentinel:// broker URLs.
             "master_name": settings.redis_sentinel_master,
+            **_sentinel_options(settings),
         },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=settings.task_events,
@@ -67,6 +68,18 @@ def create_app(settings: Settings) -> CasesyncApp:
     app.steps["worker"].add(IntakeStep)
     _connect_signals(settings)
     return app
+
+
+def _sentinel_options(settings: Settings) -> dict[str, Any]:
+    """For ``sentinel://``: the URL's password for the Sentinels too, as the workers' own Redis
+    client has it. kombu passes the password to the primary only, so password-protected
+    Sentinels would refuse the broker."""
+    if not settings.redis_url.startswith("sentinel://"):
+        return {}
+    _, password, _ = sentinel_parts(settings.redis_url)
+    timeout = settings.redis_timeout
+    sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {"sentinel_kwargs": {**sentinel_kwargs, "password": password}}
 
 
 def _connect_signals(settings: Settings) -> None:
