@@ -101,6 +101,21 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Time-out to get a connection from the HTTP pool."
     )
     redis_timeout: float = Field(10.0, gt=0, description="Time-out of one Redis command.")
+    redis_wait_replicas: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Replicas that must confirm a batch's attempt marks (`WAIT`) before its "
+        "updates are sent, so a fail-over cannot lose them; 0 = no `WAIT` (README, Redis "
+        "fail-over).",
+    )
+    redis_wait_timeout: float = Field(
+        0.1,
+        gt=0,
+        le=5,
+        description="Seconds a batch waits for that confirmation; unconfirmed, the updates go "
+        "out all the same and `WAIT` is tried again after 30 s (doubling up to 10 min).",
+    )
 
     # Retries
     max_attempts: int = Field(
@@ -272,6 +287,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _wait_within_a_redis_call(self) -> Self:
+        # WAIT blocks its connection: a longer wait would read as Redis not answering.
+        if self.redis_wait_timeout >= self.redis_timeout:
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_WAIT_TIMEOUT ({self.redis_wait_timeout:g}) must be shorter "
+                f"than {ENV_PREFIX}REDIS_TIMEOUT ({self.redis_timeout:g})"
+            )
+        return self
+
     @property
     def effective_backlog(self) -> int:
         return self.intake_backlog or self.batches
@@ -293,6 +318,9 @@ class Settings(BaseSettings):
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for logs and ``casesync config``."""
+    if ";" in url:
+        # A sentinel:// URL lists every Sentinel, each with the password.
+        return ";".join(redact_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is not None:
         user = parts.username or ""

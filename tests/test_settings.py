@@ -124,6 +124,16 @@ def test_a_lease_not_past_the_redis_time_out_is_refused(
     assert "\n" not in message
 
 
+def test_a_replica_wait_not_shorter_than_a_redis_call_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # WAIT blocks its connection: a longer wait would read as Redis not answering.
+    monkeypatch.setenv("CASESYNC_REDIS_TIMEOUT", "2")
+    monkeypatch.setenv("CASESYNC_REDIS_WAIT_TIMEOUT", "2")
+    with pytest.raises(SettingsError, match="CASESYNC_REDIS_WAIT_TIMEOUT"):
+        load_settings()
+
+
 def test_the_default_lease_outlasts_the_default_redis_time_out() -> None:
     settings = load_settings()
     assert settings.visibility_timeout == 60
@@ -238,6 +248,10 @@ def test_masked_settings_name_every_field_by_its_variable() -> None:
         ("redis://redis:6379/0?password=pw-1", "redis://redis:6379/0?password=**********"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
         ("redis://user@redis:6379/0", "redis://user@redis:6379/0"),
+        (
+            "sentinel://:pw-1@s1:26379;sentinel://:pw-1@s2:26379/0",
+            "sentinel://:**********@s1:26379;sentinel://:**********@s2:26379/0",
+        ),
     ],
 )
 def test_a_password_in_the_redis_url_is_masked(
