@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from core.replicas import ReplicaWait
 from settings import keys
 
 # KEYS: breaker, jobs, then lock and order key of each case, then ledger and mark of each event.
@@ -155,8 +156,16 @@ class BreakerOpen:
 class Guards:
     """Locks, ledger, order keys and attempt marks, over one Redis client."""
 
-    def __init__(self, client: redis.Redis, *, lock_ttl: float, ledger_ttl: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lock_ttl: float,
+        ledger_ttl: float,
+        replicas: ReplicaWait | None = None,
+    ) -> None:
         self._redis = client
+        self._replicas = replicas
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._ledger_ttl = int(ledger_ttl)
         self._acquire = client.register_script(_ACQUIRE)
@@ -167,14 +176,14 @@ class Guards:
     ) -> list[CaseHold] | BreakerOpen:
         """Take each case's lock unless another task holds it, and read its events' state."""
         events = [ek for _, group in cases for ek in group]
-        reply: Any = self._acquire(
-            keys=[
+        reply = self._acquire_confirmed(
+            [
                 keys.BREAKER_OPEN,
                 keys.JOBS,
                 *(key for case_id, _ in cases for key in _case_keys(case_id)),
                 *(key for ek in events for key in (ek.ledger, ek.mark)),
             ],
-            args=[
+            [
                 token,
                 self._lock_ttl_ms,
                 self._ledger_ttl,
@@ -186,6 +195,23 @@ class Guards:
         if _text(reply[0]) == "breaker":
             return BreakerOpen(_text(reply[1]))
         return _holds(cases, [_text(item) for item in reply[1:]])
+
+    def _acquire_confirmed(self, script_keys: list[str], args: list[Any]) -> Any:
+        """The acquire script's reply, its marks confirmed by replicas when that is due.
+
+        WAIT counts the writes of its own connection, so it follows the script in one pipeline:
+        the same connection, and no round trip more than the wait itself.
+        """
+        if self._replicas is None or not self._replicas.due():
+            return self._acquire(keys=script_keys, args=args)
+        pipe = self._redis.pipeline(transaction=False)
+        self._acquire(keys=script_keys, args=args, client=pipe)
+        self._replicas.add(pipe)
+        reply, confirmed = pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        self._replicas.judge(confirmed)
+        return reply
 
     def add_event_end(
         self, pipe: Pipeline, ek: EventKeys, *, ledger_value: str | None, mark_since: int | None

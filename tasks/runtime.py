@@ -28,6 +28,7 @@ from core.events import Limits
 from core.guards import Guards
 from core.metrics import ApiCallMetrics
 from core.outcomes import Streams
+from core.replicas import ReplicaWait
 from core.retry_policy import RetryPolicy
 from core.schedule import LeaseKeeper, Schedule
 from settings import Settings, SettingsError
@@ -191,7 +192,12 @@ def build_runtime(settings: Settings) -> Runtime:
     applier = BatchApplier(
         redis_client=client,
         thalamus=thalamus,
-        guards=Guards(client, lock_ttl=settings.case_lock_ttl, ledger_ttl=settings.ledger_ttl),
+        guards=Guards(
+            client,
+            lock_ttl=settings.case_lock_ttl,
+            ledger_ttl=settings.ledger_ttl,
+            replicas=ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout),
+        ),
         schedule=schedule,
         keeper=keeper,
         executor=executor,
