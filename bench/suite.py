@@ -35,6 +35,8 @@ class Options:
     logs: Path | None = None
     #: The crash-recovery scenario, run after the latencies' scenarios; None: not run.
     recovery: RecoveryRun | None = field(default_factory=RecoveryRun)
+    #: A replica attached to the embedded Redis, so the workers' WAIT for it is measured.
+    replica: bool = False
 
 
 def available_pools(wanted: tuple[str, ...]) -> tuple[str, ...]:
@@ -98,6 +100,8 @@ def run_suite(options: Options, say: Callable[[str], None]) -> list[Measurement]
     with contextlib.ExitStack() as stack:
         logs = options.logs or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         redis_url = stack.enter_context(processes.embedded_redis())
+        if options.replica:
+            stack.enter_context(processes.embedded_replica(redis_url, logs / "replica"))
         for latency in options.latencies:
             with test_bed(redis_url, latency, options, logs) as bed:
                 for scenario in scenarios(options, latency):

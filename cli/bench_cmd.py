@@ -50,6 +50,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--recovery-latency", type=float, default=20.0, help="API latency (ms) of that scenario"
     )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="attach a replica to the embedded Redis, so the workers WAIT for it "
+        "(CASESYNC_REDIS_WAIT_REPLICAS=0 measures the same without)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -78,6 +84,7 @@ def options_of(args: argparse.Namespace) -> Any:
         derived=not args.quick,
         logs=args.logs,
         recovery=recovery,
+        replica=args.replica,
     )
 
 

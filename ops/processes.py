@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 #: Seconds a process gets to stop by itself before it is killed.
 STOP_TIMEOUT = 15.0
@@ -189,3 +190,30 @@ def wait_for_ping(
     finally:
         client.close()
     raise TimeoutError(f"no answer to PING on port {port} within {timeout} s")
+
+
+@contextlib.contextmanager
+def embedded_replica(primary_url: str, folder: Path) -> Iterator[str]:
+    """A replica of the server at ``primary_url`` (no password), synced, for the duration.
+
+    So that a benchmark measures what confirming writes on a replica (WAIT) costs.
+    """
+    import redis
+
+    primary_port = urlsplit(primary_url).port
+    assert primary_port is not None
+    port = free_port()
+    with redis.Redis(port=primary_port, socket_timeout=5.0) as primary:
+        # The first sync at once, not after the 5 s Redis waits for more replicas to come.
+        primary.config_set("repl-diskless-sync-delay", 0)
+    with valkey_process(folder, port, replica_config(primary_port)):
+        replica = redis.Redis(port=port, socket_timeout=1.0, decode_responses=True)
+        deadline = time.monotonic() + 30.0
+        try:
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the replica on port {port} did not sync within 30 s")
+                time.sleep(0.1)
+        finally:
+            replica.close()
+        yield f"redis://127.0.0.1:{port}/0"
