@@ -152,9 +152,14 @@ def sentinel_config(
     password: str | None = None,
     quorum: int = 2,
     down_after_ms: int = 1000,
-    failover_timeout_ms: int = 5000,
+    failover_timeout_ms: int = 60_000,
 ) -> dict[str, str]:
-    """A Sentinel watching the primary on ``primary_port`` as :data:`SENTINEL_MASTER`."""
+    """A Sentinel watching the primary on ``primary_port`` as :data:`SENTINEL_MASTER`.
+
+    The fail-over time-out does not slow a fail-over that goes well; it is also how long a
+    Sentinel leaves a replica that follows the primary by another address (a proxy) before it
+    points it at the primary's own address.
+    """
     name = SENTINEL_MASTER
     return {
         f"sentinel monitor {name}": f"127.0.0.1 {primary_port} {quorum}",

@@ -63,6 +63,9 @@ class SentinelSetup:
 
     def kill_primary(self) -> None:
         """kill -9 the primary, and lose what it had not yet sent to its replica."""
+        with _client(self.replica_port) as replica:
+            link = replica.info("replication")
+        assert link["master_port"] == self.proxy.port, "the replica still follows the lag proxy"
         processes.kill_process(self.primary)
         self.proxy.cut()
 

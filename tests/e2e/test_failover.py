@@ -141,6 +141,9 @@ def test_a_killed_primary_fails_over_losing_and_doubling_nothing(
         "CASESYNC_REDIS_SENTINEL_MASTER": processes.SENTINEL_MASTER,
         # Past the replica's lag, so the WAIT for a batch's attempt marks is confirmed.
         "CASESYNC_REDIS_WAIT_TIMEOUT": str(REPLICATION_LAG * 2),
+        # Small batches, taken one after another as in a steady flow: with the default (100),
+        # every event's case is taken in the first second and the kill finds no fresh mark.
+        "CASESYNC_INTAKE_BATCH": "10",
     }
     failover.start_worker(**settings)
     failover.start_worker(**settings)
