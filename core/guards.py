@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from core.replicas import ReplicaWait
 from settings import keys
@@ -204,14 +205,24 @@ class Guards:
         """
         if self._replicas is None or not self._replicas.due():
             return self._acquire(keys=script_keys, args=args)
-        pipe = self._redis.pipeline(transaction=False)
-        self._acquire(keys=script_keys, args=args, client=pipe)
-        self._replicas.add(pipe)
-        reply, confirmed = pipe.execute(raise_on_error=False)
+        reply, confirmed = self._acquire_then_wait(self._replicas, script_keys, args)
+        if isinstance(reply, NoScriptError):
+            # A server that has not run it yet (a fresh primary): it wrote nothing.
+            self._redis.script_load(self._acquire.script)
+            reply, confirmed = self._acquire_then_wait(self._replicas, script_keys, args)
         if isinstance(reply, Exception):
             raise reply
         self._replicas.judge(confirmed)
         return reply
+
+    def _acquire_then_wait(
+        self, replicas: ReplicaWait, script_keys: list[str], args: list[Any]
+    ) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        # EVALSHA itself: a Script would ask SCRIPT EXISTS first, a round trip more.
+        pipe.evalsha(self._acquire.sha, len(script_keys), *script_keys, *args)
+        replicas.add(pipe)
+        return pipe.execute(raise_on_error=False)
 
     def add_event_end(
         self, pipe: Pipeline, ek: EventKeys, *, ledger_value: str | None, mark_since: int | None

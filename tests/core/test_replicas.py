@@ -90,6 +90,17 @@ def test_without_a_replica_the_batch_goes_on_and_the_check_rests(
     assert replicas.due()
 
 
+def test_a_server_that_never_ran_the_script_still_takes_the_case_and_waits(
+    any_redis: redis.Redis,
+) -> None:
+    any_redis.script_flush()
+    replicas = ReplicaWait(1, timeout=0.01, clock=Clock())
+    guards = Guards(any_redis, lock_ttl=30, ledger_ttl=3600, replicas=replicas)
+    ek = _take(guards, any_redis, "e1")
+    assert any_redis.exists(ek.mark)
+    assert not replicas.due(), "the WAIT ran (unconfirmed: no replica)"
+
+
 def test_the_rest_doubles_up_to_ten_minutes_and_ends_with_a_confirmation() -> None:
     clock = Clock()
     replicas = ReplicaWait(1, timeout=0.1, clock=clock)
