@@ -152,6 +152,25 @@ def test_the_app_takes_its_broker_settings_from_casesync_settings(
     assert created_app["task_events"] is False
 
 
+def test_a_sentinel_broker_uses_the_fixed_transport_and_gives_the_sentinels_the_password(
+    tmp_path: Path,
+) -> None:
+    # kombu's own would stop the worker when the primary dies, and would send the Sentinels
+    # no password.
+    code = DESCRIBE_APP.format(
+        prepare="from settings import load_settings\nfrom tasks.app import create_app",
+        build="create_app(load_settings())",
+    ).replace(
+        '"type": type(app).__name__,',
+        '"type": type(app).__name__, "transport": repr(app.connection_for_write().transport),',
+    )
+    url = "sentinel://:s3cret@127.0.0.1:26379;sentinel://:s3cret@127.0.0.1:26380/0"
+    shown = run_python(code, tmp_path, CASESYNC_REDIS_URL=url)
+    assert shown["transport"].startswith("<tasks.broker.SentinelTransport object")
+    assert shown["transport_options"]["sentinel_kwargs"]["password"] == "s3cret"
+    assert shown["transport_options"]["master_name"] == "mymaster"
+
+
 @pytest.mark.parametrize("imported_first", ["nothing", "tasks.app"])
 def test_celery_dash_a_tasks_finds_the_app_of_tasks_celery(
     tmp_path: Path, imported_first: str
