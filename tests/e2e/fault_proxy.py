@@ -61,7 +61,9 @@ class Counts:
 
     connections: int = 0
     resets: int = 0
+    #: Connections made half-open, and those of them the client has not closed yet.
     dead: int = 0
+    dead_open: int = 0
 
 
 @dataclass(eq=False)
@@ -176,6 +178,7 @@ class FaultProxy:
         try:
             await asyncio.gather(*connection.tasks, return_exceptions=True)
         finally:
+            self.counts.dead_open -= connection.dead
             self._connections.discard(connection)
             client.transport.abort()
             upstream.transport.abort()
@@ -228,6 +231,7 @@ class FaultProxy:
         if not connection.dead and self._kills(connection):
             connection.dead = True
             self.counts.dead += 1
+            self.counts.dead_open += 1
         if connection.dead:
             if direction is Direction.REQUEST:
                 await self._write(connection.upstream, data)

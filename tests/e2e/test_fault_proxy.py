@@ -122,6 +122,11 @@ def test_half_open_sends_the_request_and_never_answers_nor_closes(
         assert b"lost answer" in b"".join(echo.received)
         with _connect(proxy) as fresh:
             assert _ask(fresh, b"new") == b"new"
+        assert proxy.counts.dead_open == 1
+    deadline = time.monotonic() + WAIT * 10
+    while proxy.counts.dead_open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.counts.dead_open == 0, "the client's close ends it"
 
 
 def test_stuck_takes_only_the_next_connections(proxy: FaultProxy) -> None:
