@@ -64,7 +64,7 @@ def redis_connection_options(settings: Settings) -> dict[str, Any]:
     idle in a pool, waits on a dead peer for longer than about twice ``CASESYNC_REDIS_TIMEOUT``:
     a command gives up after the time-out; a connection idle for that long is checked (a PING)
     before it is used again, and kombu drops a consumer's BRPOP that stays unanswered that long
-    past its own time-out (kombu's default, 25 s, kept a half-open consumer stuck for 45 s);
+    past its own time-out (at kombu's default, 25 s, a consumer waited 50 s on a half-open one);
     keepalive probes find a peer that vanished (a host gone, a NAT entry dropped) under an idle
     connection.
     """
