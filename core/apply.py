@@ -184,12 +184,15 @@ class BatchApplier:
                 self._write([CaseRun(0, False, "", invalid, [None] * len(invalid))], token, report)
             if not cases:
                 return report
+            # Until the answer comes, every lock tried counts as taken: should the answer be
+            # lost, they are given back like the rest, not left to run out.
+            locks = {(lock_key(case_id), token) for case_id, _ in cases}
             holds = self._guards.acquire(
                 [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
-            if not isinstance(holds, BreakerOpen):
-                locks = {(lock_key(hold.case_id), token) for hold in holds if hold.held}
-                self._keeper.hold((), locks)
+            held = [] if isinstance(holds, BreakerOpen) else [h for h in holds if h.held]
+            locks.intersection_update((lock_key(hold.case_id), token) for hold in held)
+            self._keeper.hold((), locks)
 
             def write(runs: list[CaseRun]) -> None:
                 written = self._write(runs, token, report)

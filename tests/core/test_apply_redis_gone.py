@@ -8,6 +8,7 @@ runs on it alone (the other apply tests run on both servers).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -110,3 +111,22 @@ def test_a_case_cut_off_by_redis_is_free_again_as_soon_as_redis_is_back(
     assert thalamus.comments(CASE) == ["first"]
     assert methods(thalamus) == ["PUT", "PUT", "GET"]
     assert_finished(rig, cut_off, newer)
+
+
+def test_case_locks_taken_when_their_answer_was_lost_are_given_back_not_left_to_run_out(
+    make_rig: MakeRig, thalamus: FakeThalamus, store: redis.Redis, clock: Clock
+) -> None:
+    class AnswerLost(Guards):
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            super().acquire(*args, **kwargs)  # the locks are taken in Redis...
+            raise redis.ConnectionError("Connection reset by peer")  # ...the answer never comes
+
+    rig = make_rig(guards=AnswerLost(store, lock_ttl=LOCK_TTL, ledger_ttl=LEDGER_TTL))
+    [cut_off] = rig.jobs(event(comments=[{"description": "once"}]))
+
+    with pytest.raises(redis.ConnectionError):
+        rig.apply([cut_off])
+
+    assert rig.locks() == []  # the case is free at once, not CASESYNC_CASE_LOCK_TTL later
+    assert rig.leased() == []
+    assert thalamus.sent("PUT") == []
