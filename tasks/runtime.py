@@ -28,6 +28,7 @@ from core.events import Limits
 from core.guards import Guards
 from core.metrics import ApiCallMetrics
 from core.outcomes import Streams
+from core.redis_faults import WriteRefusals
 from core.retry_policy import RetryPolicy
 from core.schedule import LeaseKeeper, Schedule
 from settings import Settings, SettingsError
@@ -225,3 +226,16 @@ def close_runtime() -> None:
         if _current is not None and _current[0] == os.getpid():
             _current[1].close()
         _current = None
+
+
+_refusals: tuple[int, WriteRefusals] | None = None
+
+
+def write_refusals() -> WriteRefusals:
+    """This process's record of Redis refusing writes, shared by intake, tasks and the broker
+    (a prefork child starts its own: what it inherited describes its parent)."""
+    global _refusals
+    with _lock:
+        if _refusals is None or _refusals[0] != os.getpid():
+            _refusals = (os.getpid(), WriteRefusals(clock=time.monotonic))
+        return _refusals[1]
