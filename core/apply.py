@@ -486,19 +486,19 @@ class BatchApplier:
         """After a Redis failure: the unwritten entries wait ``fault_wait`` and the cases are
         freed. Marks stay, so a PUT that went out is read back first.
 
-        If Redis refuses that too, the entries wait for their leases to run out, and the lease
-        keeper frees the cases at its first round that reaches Redis again: nothing is sent
-        under their locks any more (``_run`` waited for every case), so freeing them later is as
-        safe as freeing them now, and a case need not wait for its lock to run out.
+        If Redis refuses that too, the lease keeper does both at its first round that reaches
+        Redis again: nothing is sent under these locks any more (``_run`` waited for every
+        case), so giving back later is as safe as now, and neither the entries nor the cases
+        need wait for their leases and locks to run out.
         """
         try:
             self._schedule.retry_at(entry_ids, self._clock() + self._policy.fault_wait)
             self._guards.release(locks)
         except redis.RedisError as exc:
+            self._keeper.give_back_later(entry_ids)
             self._keeper.free_later(locks)
             log.warning(
-                "%d entries wait for their leases to run out, %d cases to be freed once Redis "
-                "answers: %s",
+                "%d entries and %d cases will be given back once Redis answers: %s",
                 len(entry_ids),
                 len(locks),
                 exc,
