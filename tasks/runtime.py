@@ -187,6 +187,7 @@ def build_runtime(settings: Settings) -> Runtime:
         interval=min(settings.visibility_timeout, settings.case_lock_ttl) / 3,
         lock_ttl=settings.case_lock_ttl,
         clock=time.time,
+        refusals=write_refusals(),
     )
     executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="casesync-update")
     applier = BatchApplier(
@@ -203,6 +204,7 @@ def build_runtime(settings: Settings) -> Runtime:
         breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
         trace_bounds=trace_bounds_of(settings),
+        refusals=write_refusals(),
     )
     return Runtime(settings, client, http, thalamus, schedule, keeper, executor, applier)
 
@@ -229,13 +231,14 @@ def close_runtime() -> None:
 
 
 _refusals: tuple[int, WriteRefusals] | None = None
+_refusals_lock = threading.Lock()
 
 
 def write_refusals() -> WriteRefusals:
     """This process's record of Redis refusing writes, shared by intake, tasks and the broker
     (a prefork child starts its own: what it inherited describes its parent)."""
     global _refusals
-    with _lock:
+    with _refusals_lock:
         if _refusals is None or _refusals[0] != os.getpid():
             _refusals = (os.getpid(), WriteRefusals(clock=time.monotonic))
         return _refusals[1]
