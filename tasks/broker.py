@@ -14,8 +14,9 @@ calls them an "Unrecoverable error" and the worker stops (seen in the read-only 
 (``OOM``), Redis still pops tasks but cannot record them as taken. So while this process knows
 Redis refuses writes (:class:`core.redis_faults.WriteRefusals`, fed by intake's write probe and
 every other writer), the worker sends no ``BRPOP``: it takes no task it could not record, and a
-refused one is recorded and skipped, as are kombu's own writes of bindings and of its lock for
-restoring unacknowledged tasks. It consumes again as soon as a write goes through.
+refused one is recorded and skipped, as are kombu's own writes of bindings (and their deadlines)
+and of its lock for restoring unacknowledged tasks. It consumes again as soon as a write goes
+through.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class Channel(kombu_redis.Channel):
             if not write_refusals().report(exc, "the broker (taking tasks)"):
                 raise
             return False
+
+    def maybe_refresh_binding_expiry(self) -> None:
+        # A script that writes: the bindings' deadlines are pushed out once Redis takes writes.
+        if write_refusals().current() is not None:
+            return
+        try:
+            super().maybe_refresh_binding_expiry()  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            if not write_refusals().report(exc, "the broker (refreshing its bindings)"):
+                raise
 
     def _queue_bind(self, *args: Any) -> None:
         # A binding is written anew at every (re)connection: the one written before stands.
