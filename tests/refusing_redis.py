@@ -17,6 +17,9 @@ import redis
 
 from ops import processes
 
+#: Bytes below its use at which a "full" server's ``maxmemory`` is set.
+FULL_MARGIN = 256 * 1024
+
 
 @dataclass
 class RefusingRedis:
@@ -27,10 +30,12 @@ class RefusingRedis:
     url: str
 
     def fill_memory(self) -> None:
-        """The primary is full: ``maxmemory`` is what it uses now, and nothing may be evicted."""
+        """The primary is full: ``maxmemory`` is what it uses now, less a margin, and nothing
+        may be evicted. The margin keeps it full while the deletes a full Redis still takes
+        (acknowledgements, leases given back) free a little memory."""
         used = int(self.primary.info("memory")["used_memory"])
         self.primary.config_set("maxmemory-policy", "noeviction")
-        self.primary.config_set("maxmemory", used)
+        self.primary.config_set("maxmemory", max(1, used - FULL_MARGIN))
 
     def free_memory(self) -> None:
         self.primary.config_set("maxmemory", 0)

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from ops import processes
 from tests.e2e.conftest import Pipeline
 from tests.e2e.test_faults import _assert_each_once, _comment_events
 from tests.refusing_redis import RefusingRedis, client_of, refusing_redis
@@ -76,6 +75,7 @@ def status(url: str) -> tuple[int, dict[str, Any]]:
 def test_workers_keep_every_event_while_redis_refuses_writes_and_resume_by_themselves(
     servers: RefusingRedis, pipeline: Pipeline, fault: str
 ) -> None:
+    # ``servers`` comes first, so it is stopped last: after the pipeline has stopped the worker.
     inject, clear, code = FAULTS[fault]
     own = Pipeline(
         client_of(servers.url), servers.url, pipeline.simulator, pipeline.logs, pipeline.stack
@@ -102,8 +102,7 @@ def test_workers_keep_every_event_while_redis_refuses_writes_and_resume_by_thems
     flowing = time.monotonic() - cleared
     own.wait_for_outcomes(EVENTS, timeout=60)
     all_done = time.monotonic() - cleared
-    time.sleep(1)  # nothing more may arrive
-    after_code, after = status(servers.url)
+    after_code, after = status(servers.url)  # and meanwhile, nothing more may arrive
 
     print(
         f"\n{fault}: {in_flight} of {EVENTS} in flight at the fault, "
@@ -123,4 +122,3 @@ def test_workers_keep_every_event_while_redis_refuses_writes_and_resume_by_thems
     logs = own.worker_logs()
     assert "Redis refuses writes" in logs
     assert "Redis accepts writes again" in logs
-    processes.stop_process(worker)  # while its Redis is still there
