@@ -23,6 +23,7 @@ import redis
 from core import outcomes, trace
 from core.events import InvalidEvent, Limits, identity, parse_entry
 from core.outcomes import DeadLetterRecord, Outcome, Reply, Streams, log_outcome
+from core.redis_faults import WriteRefusals
 from core.schedule import Job, Schedule
 
 log = logging.getLogger("casesync.intake")
@@ -67,6 +68,7 @@ class Intake:
         *,
         paused: Callable[[], bool] = lambda: False,
         report_lag: Callable[[int], None] = lambda lag: None,
+        refusals: WriteRefusals | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -76,6 +78,7 @@ class Intake:
         self._hand_on = hand_on
         self._paused = paused
         self._report_lag = report_lag
+        self._refusals = refusals or WriteRefusals(clock=time.monotonic)
         self._clock = clock
         # After a start or an error, this consumer's own pending entries are read first.
         self._own_pending_first = True
@@ -300,17 +303,25 @@ class Intake:
             log_outcome(_poison_outcome(raw, f"entry {entry_id}", limits))
 
     def run(
-        self, stop: threading.Event, idle_wait: float = 0.005, paused_wait: float = 0.5
+        self,
+        stop: threading.Event,
+        idle_wait: float = 0.005,
+        paused_wait: float = 0.5,
+        refused_wait: float = 0.5,
     ) -> None:
         """Read until ``stop`` is set; failures are logged and waited out, never fatal.
 
         ``idle_wait`` is the pause after a turn that took nothing: the queue was full (a read
-        waits by itself otherwise), so it is short, or entries wait that long for room.
+        waits by itself otherwise), so it is short, or entries wait that long for room. While
+        Redis refuses writes, intake takes nothing and probes every ``refused_wait`` instead.
         """
         next_claim = 0.0
         failures = 0
         while not stop.is_set():
             try:
+                if not self._refusals.writable(self._redis, "intake"):
+                    stop.wait(refused_wait)
+                    continue
                 if self._paused():
                     stop.wait(paused_wait)
                     continue
@@ -325,8 +336,12 @@ class Intake:
             except Exception as exc:
                 # Redis or the broker (enqueue) unreachable, or a bug: the entries stay pending and
                 # are read again. The thread must outlive it, or this node stops taking events.
-                failures += 1
                 self._own_pending_first = True
+                if self._refusals.report(exc, "intake"):
+                    # Said once for the process; the probe above tells when it ends.
+                    stop.wait(refused_wait)
+                    continue
+                failures += 1
                 wait = min(10.0, 0.1 * 2**failures)
                 unexpected = not isinstance(exc, redis.RedisError)
                 log.warning("intake: %r; retrying in %.1f s", exc, wait, exc_info=unexpected)

@@ -59,6 +59,10 @@ def create_app(settings: Settings) -> CasesyncApp:
             "master_name": settings.redis_sentinel_master,
         },
         broker_connection_retry_on_startup=True,
+        # Cancels only running tasks acknowledged late, and casesync's are acknowledged when they
+        # start; set, so that every lost broker connection no longer logs Celery's deprecation
+        # warning about the default changing in Celery 6.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

@@ -30,6 +30,7 @@ from core.events import Limits
 from core.guards import Guards
 from core.metrics import ApiCallMetrics
 from core.outcomes import Streams
+from core.redis_faults import WriteRefusals
 from core.retry_policy import RetryPolicy
 from core.schedule import LeaseKeeper, Schedule
 from settings import Settings, SettingsError
@@ -215,6 +216,7 @@ def build_runtime(settings: Settings) -> Runtime:
         interval=min(settings.visibility_timeout, settings.case_lock_ttl) / 3,
         lock_ttl=settings.case_lock_ttl,
         clock=time.time,
+        refusals=write_refusals(),
     )
     executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="casesync-update")
     applier = BatchApplier(
@@ -231,6 +233,7 @@ def build_runtime(settings: Settings) -> Runtime:
         breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
         trace_bounds=trace_bounds_of(settings),
+        refusals=write_refusals(),
     )
     return Runtime(settings, client, http, thalamus, schedule, keeper, executor, applier)
 
@@ -254,3 +257,17 @@ def close_runtime() -> None:
         if _current is not None and _current[0] == os.getpid():
             _current[1].close()
         _current = None
+
+
+_refusals: tuple[int, WriteRefusals] | None = None
+_refusals_lock = threading.Lock()
+
+
+def write_refusals() -> WriteRefusals:
+    """This process's record of Redis refusing writes, shared by intake, tasks and the broker
+    (a prefork child starts its own: what it inherited describes its parent)."""
+    global _refusals
+    with _refusals_lock:
+        if _refusals is None or _refusals[0] != os.getpid():
+            _refusals = (os.getpid(), WriteRefusals(clock=time.monotonic))
+        return _refusals[1]
