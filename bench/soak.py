@@ -50,6 +50,8 @@ READ_CHUNK = 1000
 #: Seconds between two reads of the results stream, and between two memory samples.
 READ_EVERY = 1.0
 SAMPLE_EVERY = 10.0
+#: Seconds between two progress lines (also one at each restart).
+PROGRESS_EVERY = 60.0
 #: Pause of the publishing loop; events due in the meantime go out together.
 TICK = 0.01
 #: Seconds after the end to read on for a second outcome of some event.
@@ -250,13 +252,15 @@ class Soak:
         """Publish at ``rate`` until the duration is over, restarting workers as planned;
         the seconds it took."""
         plan = self.options.plan
-        restarts, windows = list(plan.restarts), plan.windows
+        restarts = list(plan.restarts)
         next_read = next_sample = 0.0
-        next_window = 1
+        next_progress = min(PROGRESS_EVERY, self.options.every)
         while (now := self.elapsed()) < self.options.duration:
             self._publish_due(min(int(now * rate) + 1, int(self.options.duration * rate)))
             if restarts and now >= restarts[0].at:
                 restart = restarts.pop(0)
+                self._progress(now)
+                next_progress = now + min(PROGRESS_EVERY, self.options.every)
                 self.say(f"{now:7.1f} s: {restart.signal_name} to worker {restart.worker}")
                 self.fleet.restart(restart)
             if now >= next_read:
@@ -265,9 +269,9 @@ class Soak:
             if now >= next_sample:
                 self.fleet.sample()
                 next_sample = now + SAMPLE_EVERY
-            if next_window < len(windows) and now >= windows[next_window].start:
+            if now >= next_progress:
                 self._progress(now)
-                next_window += 1
+                next_progress = now + min(PROGRESS_EVERY, self.options.every)
             time.sleep(TICK)
         self._progress(self.elapsed())
         return self.elapsed()
@@ -322,9 +326,12 @@ class Soak:
 
     def redis_memory(self) -> dict[str, Any]:
         memory: Any = self.client.info("memory")
+        # An estimate from a few sampled entries: outcomes carry the case, comments and all.
+        results: Any = self.client.memory_usage(RESULTS) or 0
         return {
             "used_memory_mb": round(int(memory["used_memory"]) / 2**20, 1),
             "used_memory_peak_mb": round(int(memory["used_memory_peak"]) / 2**20, 1),
+            "results_stream_mb": round(int(results) / 2**20, 1),
             "results_length": int(self.client.xlen(RESULTS)),
             "events_length": int(self.client.xlen(EVENTS)),
             "dead_letters": int(self.client.xlen(DEAD_LETTERS)),
@@ -333,7 +340,8 @@ class Soak:
     def _progress(self, now: float) -> None:
         ledger = self.ledger
         memory = ", ".join(
-            f"worker {item.slot}: {_mb(item.rss_last_kb)} MB" for item in self.fleet.current
+            f"worker {item.slot}: " + (f"{_mb(item.rss_last_kb)} MB" if item.rss_last_kb else "-")
+            for item in self.fleet.current
         )
         self.say(
             f"{now:7.1f} s: {len(ledger.published):,} published, {len(ledger.counts):,} with "

@@ -112,7 +112,8 @@ def _redis(redis: dict[str, Any]) -> str:
     return (
         f"Redis used memory {before.get('used_memory_mb')} MB after warm-up, "
         f"{after.get('used_memory_mb')} MB at the end (peak {peak} MB); "
-        f"results stream {after.get('results_length', 0):,} entries, "
+        f"results stream {after.get('results_length', 0):,} entries "
+        f"(about {after.get('results_stream_mb')} MB), "
         f"dead letters {after.get('dead_letters', 0):,}"
     )
 
