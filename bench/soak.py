@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +23,6 @@ from typing import Any
 
 import redis
 
-from bench.measure import resident_memory_kb
 from bench.scenarios import (
     EVENTS,
     RESULTS,
@@ -33,9 +30,9 @@ from bench.scenarios import (
     Bed,
     BenchError,
     PipelineRun,
-    connection_env,
     pipeline,
 )
+from bench.soak_fleet import Fleet, Incarnation, mb
 from bench.soak_ledger import Reconciliation, SoakLedger, WindowLatency
 from bench.soak_plan import Restart, SoakPlan
 from bench.suite import Options, test_bed
@@ -81,119 +78,6 @@ class SoakOptions:
     @property
     def plan(self) -> SoakPlan:
         return SoakPlan(self.duration, self.every, self.workers)
-
-
-@dataclass
-class Incarnation:
-    """One worker process in one slot, from its start until it was stopped or the run ended."""
-
-    slot: int
-    number: int
-    process: subprocess.Popen[bytes]
-    #: Seconds into the soak (negative: started before it).
-    started: float
-    rss_warm_kb: int | None = None
-    rss_last_kb: int = 0
-    rss_peak_kb: int = 0
-    stopped_by: str = ""
-    #: Seconds from the signal to the process's exit.
-    stop_seconds: float | None = None
-    exit_code: int | None = None
-
-    def sample(self, now: float, warmup: float) -> None:
-        if self.process.poll() is not None:
-            return  # /proc no longer knows it
-        rss = resident_memory_kb([self.process.pid])
-        if not rss:
-            return
-        self.rss_last_kb = rss
-        self.rss_peak_kb = max(self.rss_peak_kb, rss)
-        if self.rss_warm_kb is None and now - self.started >= warmup:
-            self.rss_warm_kb = rss
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "worker": self.slot,
-            "incarnation": self.number,
-            "started_s": round(self.started, 1),
-            "rss_after_warmup_mb": _mb(self.rss_warm_kb),
-            "rss_at_end_mb": _mb(self.rss_last_kb),
-            "rss_peak_mb": _mb(self.rss_peak_kb),
-            "stopped_by": self.stopped_by or "end of run",
-            "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 1),
-            "exit_code": self.exit_code,
-        }
-
-
-class Fleet:
-    """The soak's workers: started, sampled, restarted (in a thread, so publishing goes on)."""
-
-    def __init__(self, bed: Bed, logs: Path, options: SoakOptions, clock: Callable[[], float]):
-        self._bed, self._logs, self._options, self._clock = bed, logs, options, clock
-        self._lock = threading.Lock()
-        self.current: list[Incarnation] = []
-        self.all: list[Incarnation] = []
-        self._restarting: threading.Thread | None = None
-
-    def start(self) -> None:
-        for slot in range(self._options.workers):
-            self.current.append(self._start(slot))
-
-    def _start(self, slot: int) -> Incarnation:
-        number = sum(1 for item in self.all if item.slot == slot)
-        log = (self._logs / f"soak-worker{slot}-{number}.log").open("wb")
-        try:
-            process = processes.start_process(
-                processes.worker_command(), connection_env(self._bed), log
-            )
-        finally:
-            log.close()  # the child holds its own copy
-        incarnation = Incarnation(slot, number, process, self._clock())
-        with self._lock:
-            self.all.append(incarnation)
-        return incarnation
-
-    def rebase(self, seconds: float) -> None:
-        """The soak's clock moved on by ``seconds``: start times count from the new zero."""
-        with self._lock:
-            for incarnation in self.all:
-                incarnation.started -= seconds
-
-    def sample(self) -> None:
-        with self._lock:
-            live = list(self.current)
-        for incarnation in live:
-            incarnation.sample(self._clock(), self._options.warmup)
-
-    def restart(self, restart: Restart) -> None:
-        """Stop the slot's worker with the restart's signal, then start a new one (in a thread)."""
-        self.wait_for_restart()
-        self._restarting = threading.Thread(target=self._replace, args=(restart,), daemon=True)
-        self._restarting.start()
-
-    def wait_for_restart(self) -> None:
-        if self._restarting is not None:
-            self._restarting.join(self._options.stop_timeout + 60.0)
-
-    def _replace(self, restart: Restart) -> None:
-        old = self.current[restart.worker]
-        old.sample(self._clock(), self._options.warmup)  # its last figure: /proc forgets it
-        old.stopped_by = f"{restart.signal_name} at {restart.at:g} s"
-        began = time.monotonic()
-        if restart.signal_name == "SIGKILL":
-            processes.kill_process(old.process)
-        else:
-            processes.stop_process(old.process, timeout=self._options.stop_timeout)
-        old.stop_seconds = time.monotonic() - began
-        old.exit_code = old.process.returncode
-        new = self._start(restart.worker)
-        with self._lock:
-            self.current[restart.worker] = new
-
-    def stop_all(self) -> None:
-        self.wait_for_restart()
-        for incarnation in self.current:
-            processes.stop_process(incarnation.process)
 
 
 @dataclass
@@ -340,7 +224,7 @@ class Soak:
     def _progress(self, now: float) -> None:
         ledger = self.ledger
         memory = ", ".join(
-            f"worker {item.slot}: " + (f"{_mb(item.rss_last_kb)} MB" if item.rss_last_kb else "-")
+            f"worker {item.slot}: " + (f"{mb(item.rss_last_kb)} MB" if item.rss_last_kb else "-")
             for item in self.fleet.current
         )
         self.say(
@@ -407,7 +291,3 @@ def _soak_on(
         {"after_warmup": redis_before, "at_end": soak.redis_memory()},
         options.plan.restarts,
     )
-
-
-def _mb(kb: int | None) -> float | None:
-    return None if kb is None else round(kb / 1024, 1)

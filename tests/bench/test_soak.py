@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import Incarnation, SoakOptions, SoakResult
+from bench.soak import SoakOptions, SoakResult
+from bench.soak_fleet import Incarnation
 from bench.soak_ledger import SoakLedger
 from bench.soak_plan import SoakPlan, parse_duration, restart_plan, windows
 from bench.soak_report import document, lines
