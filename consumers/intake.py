@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,9 @@ class Intake:
         self._next_due: float | None = None
         #: When to look at the schedule again (epoch s).
         self._next_look = 0.0
+        #: Entries this intake may have leased without sending their task (Redis failed under
+        #: it), with a bound on their leases (epoch s): given back at the next round.
+        self._unsent: dict[str, float] = {}
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -112,6 +115,7 @@ class Intake:
         room = self.room()
         if room == 0:
             return 0
+        self._give_back_unsent()
         moved = self.move_due(room) if self._clock() >= self._next_look else 0
         if moved >= room:
             return moved
@@ -190,7 +194,13 @@ class Intake:
             records += _traced_dead_letter(entry_id, outcome, now)
         trace.add(pipe, self._config.trace, records)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            # The MULTI may have run with only its reply lost: then its entries are leased and
+            # acknowledged, and no task has them.
+            self._give_back_later(job.entry_id for job in jobs)
+            raise
         outcomes.send_replies(self._redis, self._streams, replies)
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
@@ -206,8 +216,30 @@ class Intake:
                 self._hand_on(batch)
             except Exception:
                 unsent = [job.entry_id for rest in batches[sent:] for job in rest]
+                self._give_back_later(unsent)  # should Redis refuse this too
                 self._schedule.retry_at(unsent, self._clock())
+                for entry_id in unsent:
+                    del self._unsent[entry_id]
                 raise
+
+    def _give_back_later(self, entry_ids: Iterable[str]) -> None:
+        """Make these entries due at the next round that reaches Redis, not a whole lease later.
+
+        Their leases were taken before now, so each runs out before the bound recorded here; one
+        that ran out and went to another worker was taken after that, and is left alone.
+        """
+        bound = self._clock() + self._schedule.lease
+        self._unsent.update(dict.fromkeys(entry_ids, bound))
+
+    def _give_back_unsent(self) -> None:
+        if not self._unsent:
+            return
+        now = self._clock()
+        # A lease that ran out meanwhile is handed on by move_due anyway.
+        give_back = [(entry_id, bound) for entry_id, bound in self._unsent.items() if bound > now]
+        self._schedule.renew([], [], now, lock_ttl=0.0, give_back=give_back)
+        self._unsent.clear()
+        self._next_look = now
 
     def reclaim(self) -> int:
         """Claim entries idle on dead consumers; dead-letter those delivered too often."""

@@ -184,12 +184,15 @@ class BatchApplier:
                 self._write([CaseRun(0, False, "", invalid, [None] * len(invalid))], token, report)
             if not cases:
                 return report
+            # Until the answer comes, every lock tried counts as taken: should the answer be
+            # lost, they are given back like the rest, not left to run out.
+            locks = {(lock_key(case_id), token) for case_id, _ in cases}
             holds = self._guards.acquire(
                 [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
-            if not isinstance(holds, BreakerOpen):
-                locks = {(lock_key(hold.case_id), token) for hold in holds if hold.held}
-                self._keeper.hold((), locks)
+            held = [] if isinstance(holds, BreakerOpen) else [h for h in holds if h.held]
+            locks.intersection_update((lock_key(hold.case_id), token) for hold in held)
+            self._keeper.hold((), locks)
 
             def write(runs: list[CaseRun]) -> None:
                 written = self._write(runs, token, report)
@@ -486,19 +489,19 @@ class BatchApplier:
         """After a Redis failure: the unwritten entries wait ``fault_wait`` and the cases are
         freed. Marks stay, so a PUT that went out is read back first.
 
-        If Redis refuses that too, the entries wait for their leases to run out, and the lease
-        keeper frees the cases at its first round that reaches Redis again: nothing is sent
-        under their locks any more (``_run`` waited for every case), so freeing them later is as
-        safe as freeing them now, and a case need not wait for its lock to run out.
+        If Redis refuses that too, the lease keeper does both at its first round that reaches
+        Redis again: nothing is sent under these locks any more (``_run`` waited for every
+        case), so giving back later is as safe as now, and neither the entries nor the cases
+        need wait for their leases and locks to run out.
         """
         try:
             self._schedule.retry_at(entry_ids, self._clock() + self._policy.fault_wait)
             self._guards.release(locks)
         except redis.RedisError as exc:
+            self._keeper.give_back_later(entry_ids)
             self._keeper.free_later(locks)
             log.warning(
-                "%d entries wait for their leases to run out, %d cases to be freed once Redis "
-                "answers: %s",
+                "%d entries and %d cases will be given back once Redis answers: %s",
                 len(entry_ids),
                 len(locks),
                 exc,

@@ -31,8 +31,9 @@ from settings import keys
 
 log = logging.getLogger("casesync.schedule")
 
-#: Seconds between a lease keeper's rounds while it has case locks to free for a task that
-#: could not (Redis failed under it): a case is free again within this of Redis coming back.
+#: Seconds between a lease keeper's rounds while it has case locks to free or entries to give
+#: back for a task that could not (Redis failed under it): a case is free again, and its entries
+#: due, within this of Redis coming back.
 FREE_RETRY = 1.0
 
 # KEYS: leases, due, jobs, lost. ARGV: now ms, lease ms, most.
@@ -127,6 +128,24 @@ return 1
 """
 
 
+# KEYS: leases, due, jobs. ARGV: due time ms, then pairs of entry id and a bound on its lease
+# (ms). Makes each entry due whose lease is still at most its bound, so still the giver's: a lease
+# that ran out and went to another worker scores past the bound (it was taken after the bound's
+# time, for a whole lease) and is left alone, as is an entry finished meanwhile.
+_GIVE_BACK = """
+for i = 2, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then
+      redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+    end
+  end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Job:
     """One stream entry on its way to an outcome, with what its retries must remember."""
@@ -214,6 +233,7 @@ class Schedule:
         self._free_locks = client.register_script(_FREE_LOCKS)
         self._retry = client.register_script(_RETRY)
         self._adopt = client.register_script(_ADOPT)
+        self._give_back = client.register_script(_GIVE_BACK)
 
     def add_leased(self, pipe: Pipeline, jobs: Sequence[Job], now: float) -> None:
         """Queue new jobs, leased to the task about to be sent, into the caller's MULTI."""
@@ -277,9 +297,12 @@ class Schedule:
         now: float,
         lock_ttl: float,
         free: Sequence[tuple[str, str]] = (),
+        give_back: Sequence[tuple[str, float]] = (),
     ) -> None:
         """Push the leases of ``entry_ids`` and the case ``locks`` (key, token) further out,
-        and delete the locks in ``free`` that their tokens still own."""
+        delete the locks in ``free`` that their tokens still own, and make the entries of
+        ``give_back`` (entry id, bound on its lease) due now while their leases are still the
+        giver's."""
         pipe = self._redis.pipeline(transaction=False)
         if entry_ids:
             # XX: an entry finished meanwhile is not brought back.
@@ -293,6 +316,11 @@ class Schedule:
         if free:
             self._free_locks(
                 keys=[key for key, _ in free], args=[token for _, token in free], client=pipe
+            )
+        if give_back:
+            bounds = [arg for entry_id, bound in give_back for arg in (entry_id, _ms(bound))]
+            self._give_back(
+                keys=[keys.LEASES, keys.DUE, keys.JOBS], args=[_ms(now), *bounds], client=pipe
             )
         pipe.execute()
 
@@ -318,9 +346,9 @@ class LeaseKeeper:
     process lives they are renewed every ``interval``; once it dies they run out, and the entries
     come back to another worker. So no lease has to outlast the longest batch.
 
-    It also frees the case locks a task could not give back because Redis failed under it
-    (:meth:`free_later`), at its first round that reaches Redis, rather than leaving their cases
-    to wait until the locks run out.
+    It also frees the case locks and gives back the entries a task could not give back because
+    Redis failed under it (:meth:`free_later`, :meth:`give_back_later`), at its first round that
+    reaches Redis, rather than leaving their cases and entries to wait until they run out.
     """
 
     def __init__(
@@ -337,6 +365,11 @@ class LeaseKeeper:
         self._clock = clock
         self._entries: dict[str, int] = {}
         self._locks: dict[tuple[str, str], int] = {}
+        #: A bound on when each held entry's lease runs out (clock time): when it was held or
+        #: last renewed, plus a lease. Another worker can only have taken it after this.
+        self._held_until: dict[str, float] = {}
+        #: Entries to make due at the first round that reaches Redis, with their bounds.
+        self._to_give_back: dict[str, float] = {}
         #: Locks to free, with when they run out by themselves anyway (clock time).
         self._to_free: dict[tuple[str, str], float] = {}
         # Held while renewing: a task that lets go of an entry waits for a renewal in flight, so
@@ -352,8 +385,10 @@ class LeaseKeeper:
     def hold(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
         """Renew these from now on; ``locks`` were just taken, which confirms them."""
         with self._lock:
+            until = self._clock() + self._schedule.lease
             for entry_id in entry_ids:
                 self._entries[entry_id] = self._entries.get(entry_id, 0) + 1
+                self._held_until[entry_id] = max(self._held_until.get(entry_id, 0.0), until)
             locks = list(locks)
             for lock in locks:
                 self._locks[lock] = self._locks.get(lock, 0) + 1
@@ -373,8 +408,12 @@ class LeaseKeeper:
 
     def release(self, entry_ids: Iterable[str], locks: Iterable[tuple[str, str]] = ()) -> None:
         with self._lock:
+            entry_ids = list(entry_ids)
             _forget(self._entries, entry_ids)
             _forget(self._locks, locks)
+            for entry_id in entry_ids:
+                if entry_id not in self._entries:
+                    self._held_until.pop(entry_id, None)
 
     def free_later(self, locks: Iterable[tuple[str, str]]) -> None:
         """Free the case ``locks`` (key, token) at the first round that reaches Redis.
@@ -391,16 +430,45 @@ class LeaseKeeper:
                 self._start()
                 self._wake.set()
 
+    def give_back_later(self, entry_ids: Iterable[str]) -> None:
+        """Make the held ``entry_ids`` due at the first round that reaches Redis.
+
+        For a task that could not give them back itself (Redis failed under it): they come back
+        as soon as Redis answers, not a whole lease later. An entry whose lease ran out meanwhile
+        is left to whoever took it; call this before :meth:`release`.
+        """
+        with self._lock:
+            for entry_id in entry_ids:
+                if entry_id in self._held_until:
+                    self._to_give_back[entry_id] = self._held_until[entry_id]
+            if self._to_give_back:
+                self._start()
+                self._wake.set()
+
     def renew_now(self) -> None:
         with self._lock:
             now = self._clock()
             self._to_free = {lock: until for lock, until in self._to_free.items() if until > now}
+            # A lease that ran out is handed on by intake anyway.
+            self._to_give_back = {
+                entry_id: until for entry_id, until in self._to_give_back.items() if until > now
+            }
             entries, locks, free = list(self._entries), list(self._locks), list(self._to_free)
-            if entries or locks or free:
-                self._schedule.renew(entries, locks, now, self._lock_ttl, free=free)
+            # An entry still held (its task has yet to release it) waits for a later round.
+            give_back = [item for item in self._to_give_back.items() if item[0] not in entries]
+            if entries or locks or free or give_back:
+                self._schedule.renew(
+                    entries, locks, now, self._lock_ttl, free=free, give_back=give_back
+                )
             self._confirmed_at = now
+            for entry_id in entries:
+                self._held_until[entry_id] = now + self._schedule.lease
+                if entry_id in self._to_give_back:
+                    self._to_give_back[entry_id] = now + self._schedule.lease
             for lock in free:
                 del self._to_free[lock]
+            for entry_id, _ in give_back:
+                del self._to_give_back[entry_id]
 
     def close(self) -> None:
         self._stop.set()
@@ -429,7 +497,8 @@ class LeaseKeeper:
 
     def _wait(self) -> float:
         with self._lock:
-            return min(self._interval, FREE_RETRY) if self._to_free else self._interval
+            pending = self._to_free or self._to_give_back
+            return min(self._interval, FREE_RETRY) if pending else self._interval
 
 
 def _forget(counts: dict[Any, int], items: Iterable[Any]) -> None:

@@ -8,6 +8,7 @@ runs on it alone (the other apply tests run on both servers).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -25,7 +26,7 @@ def thalamus(thalamus_fake: FakeThalamus) -> FakeThalamus:
     return thalamus_fake
 
 
-def test_when_redis_is_gone_while_outcomes_are_written_the_entry_comes_back_and_is_not_resent(
+def test_an_entry_cut_off_by_redis_comes_back_once_it_answers_and_is_not_resent(
     make_rig: MakeRig,
     thalamus: FakeThalamus,
     store: redis.Redis,
@@ -51,11 +52,12 @@ def test_when_redis_is_gone_while_outcomes_are_written_the_entry_comes_back_and_
     server.connected = True
 
     assert rig.outcomes() == []
-    assert rig.leased() == [job.entry_id]  # nothing could be given back: the lease runs out
-    time.sleep(0.1)  # and so does the case lock
-    clock.advance(LEASE + 1)
-    [again] = rig.take_due()
-    assert again.lost == 1
+    assert rig.leased() == [job.entry_id]  # nothing could be given back while Redis was gone
+    time.sleep(0.1)  # the case lock runs out
+    rig.keeper.renew_now()  # the lease keeper's first round once Redis answers
+    assert rig.leased() == []
+    [again] = rig.take_due()  # at once, not a lease later
+    assert again.lost == 0
 
     rig.apply([again])
 
@@ -101,10 +103,30 @@ def test_a_case_cut_off_by_redis_is_free_again_as_soon_as_redis_is_back(
     rig.apply([newer])
     assert rig.outcome_types() == [("e2", "applied")]
 
-    # The cut-off update comes back when its lease runs out, and is read back, not resent.
+    # The cut-off update comes back (given back by the keeper, or when its lease runs out at
+    # the latest), and is read back, not resent.
     clock.advance(LEASE + 1)
     rig.apply(rig.take_due())
     assert rig.outcome_types() == [("e2", "applied"), ("e1", "applied")]
     assert thalamus.comments(CASE) == ["first"]
     assert methods(thalamus) == ["PUT", "PUT", "GET"]
     assert_finished(rig, cut_off, newer)
+
+
+def test_case_locks_taken_when_their_answer_was_lost_are_given_back_not_left_to_run_out(
+    make_rig: MakeRig, thalamus: FakeThalamus, store: redis.Redis, clock: Clock
+) -> None:
+    class AnswerLost(Guards):
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            super().acquire(*args, **kwargs)  # the locks are taken in Redis...
+            raise redis.ConnectionError("Connection reset by peer")  # ...the answer never comes
+
+    rig = make_rig(guards=AnswerLost(store, lock_ttl=LOCK_TTL, ledger_ttl=LEDGER_TTL))
+    [cut_off] = rig.jobs(event(comments=[{"description": "once"}]))
+
+    with pytest.raises(redis.ConnectionError):
+        rig.apply([cut_off])
+
+    assert rig.locks() == []  # the case is free at once, not CASESYNC_CASE_LOCK_TTL later
+    assert rig.leased() == []
+    assert thalamus.sent("PUT") == []

@@ -439,3 +439,81 @@ def test_the_keeper_frees_locks_by_itself_at_once_without_waiting_out_its_interv
             time.sleep(0.01)
     finally:
         keeper.close()
+
+
+def test_entries_given_back_later_are_due_at_the_next_round_unless_taken_or_finished(
+    any_redis: redis.Redis, schedule: Schedule, keeper: LeaseKeeper, clock: Clock
+) -> None:
+    lease(any_redis, schedule, [job(1), job(2), job(3)], clock())
+    keeper.hold(["1-0", "2-0", "3-0"])
+    taken_by_another = NOW + LEASE + 1 + LEASE  # its lease ran out, then another worker took it
+    any_redis.zadd(keys.LEASES, {"2-0": taken_by_another * 1000})
+    finish(any_redis, "3-0")
+    # Its thread may run a round between these two calls: the entries wait until released.
+    keeper.give_back_later(["1-0", "2-0", "3-0"])
+    keeper.release(["1-0", "2-0", "3-0"])
+
+    keeper.renew_now()
+
+    assert scores(any_redis, keys.DUE) == {"1-0": NOW}
+    assert scores(any_redis, keys.LEASES) == {"2-0": taken_by_another}
+    assert any_redis.hexists(keys.JOBS, "1-0")
+
+
+def test_entries_to_give_back_outlive_a_failed_round_and_are_due_once_redis_is_back(
+    fake_redis: redis.Redis, clock: Clock
+) -> None:
+    server = fake_redis.connection_pool.connection_kwargs["server"]
+    schedule = Schedule(fake_redis, lease=LEASE)
+    keeper = LeaseKeeper(schedule, interval=3600.0, lock_ttl=30.0, clock=clock)
+    lease(fake_redis, schedule, [job(1)], clock())
+    try:
+        keeper.hold(["1-0"])
+        server.connected = False
+        keeper.give_back_later(["1-0"])
+        keeper.release(["1-0"])
+        with pytest.raises(redis.ConnectionError):
+            keeper.renew_now()
+        clock.advance(20)
+        server.connected = True
+
+        keeper.renew_now()
+
+        assert scores(fake_redis, keys.DUE) == {"1-0": clock()}
+        assert scores(fake_redis, keys.LEASES) == {}
+    finally:
+        server.connected = True
+        keeper.close()
+
+
+def test_an_entry_to_give_back_whose_lease_ran_out_is_left_to_intake(
+    any_redis: redis.Redis, schedule: Schedule, keeper: LeaseKeeper, clock: Clock
+) -> None:
+    lease(any_redis, schedule, [job(1)], clock())
+    keeper.hold(["1-0"])
+    clock.advance(LEASE + 1)  # before its thread's first round
+    keeper.give_back_later(["1-0"])
+    keeper.release(["1-0"])
+
+    keeper.renew_now()
+
+    assert scores(any_redis, keys.DUE) == {}
+    [taken] = schedule.take_due(clock(), 10).jobs
+    assert taken.lost == 1  # taken as a lost delivery, as before the keeper knew of it
+
+
+def test_an_entry_to_give_back_renewed_before_its_task_let_go_is_still_given_back(
+    any_redis: redis.Redis, schedule: Schedule, keeper: LeaseKeeper, clock: Clock
+) -> None:
+    lease(any_redis, schedule, [job(1)], clock())
+    keeper.hold(["1-0"])
+    keeper.give_back_later(["1-0"])
+    clock.advance(30)
+    keeper.renew_now()  # a round between give_back_later and release renews the lease
+    keeper.release(["1-0"])
+    clock.advance(5)
+
+    keeper.renew_now()
+
+    assert scores(any_redis, keys.DUE) == {"1-0": clock()}
+    assert scores(any_redis, keys.LEASES) == {}
