@@ -2,7 +2,8 @@
 
 - CPU: utime + stime of a process and all its descendants (``/proc/<pid>/stat``), sampled
   before and after the measured window; the difference is the work of that window.
-- Memory: ``VmHWM`` (peak resident set) of each of those processes, summed.
+- Memory: ``VmHWM`` (peak resident set) of each of those processes, summed; ``VmRSS`` (resident
+  now) for the soak's samples.
 - Redis: ``INFO commandstats`` calls (commands run inside a Lua script or a MULTI count one by
   one there) and ``INFO stats`` ``total_reads_processed`` (one per request a client sends: a
   pipeline, a MULTI/EXEC block or a script is one), less what the harness itself sent.
@@ -65,6 +66,16 @@ def cpu_seconds(roots: Sequence[int]) -> float:
 
 def peak_memory_kb(roots: Sequence[int]) -> int:
     """Sum of ``VmHWM`` (peak resident memory, KiB) of the processes and their descendants."""
+    return _status_sum(roots, "VmHWM:")
+
+
+def resident_memory_kb(roots: Sequence[int]) -> int:
+    """Sum of ``VmRSS`` (resident memory now, KiB) of the processes and their descendants."""
+    return _status_sum(roots, "VmRSS:")
+
+
+def _status_sum(roots: Sequence[int], field_name: str) -> int:
+    """Sum of one KiB field of ``/proc/<pid>/status`` over the processes and their descendants."""
     total = 0
     for root in roots:
         for pid in descendants(root):
@@ -73,7 +84,7 @@ def peak_memory_kb(roots: Sequence[int]) -> int:
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
             for line in status.splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field_name):
                     total += int(line.split()[1])
     return total
 

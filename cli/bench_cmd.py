@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_JSON = Path("bench/results/latest.json")
+DEFAULT_SOAK_JSON = Path("bench/results/soak.json")
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +57,40 @@ def register(subparsers: Any) -> None:
         help="attach a replica to the embedded Redis, so the workers WAIT for it "
         "(CASESYNC_REDIS_WAIT_REPLICAS=0 measures the same without)",
     )
+    _add_soak_arguments(parser.add_argument_group("soak (a long run under faults)"))
     parser.set_defaults(run=run)
+
+
+def _duration(text: str) -> float:
+    from bench.soak_plan import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_soak_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--soak",
+        type=_duration,
+        metavar="DURATION",
+        help="run only the soak for this long (30m, 90s, 1h): half the measured capacity, "
+        "1%% 503, 0.5%% dropped answers, a worker restart every 5 minutes",
+    )
+    group.add_argument(
+        "--soak-rate", type=float, default=0.0, help="events/s instead of half the capacity"
+    )
+    group.add_argument(
+        "--soak-restart-every",
+        type=_duration,
+        default=300.0,
+        metavar="DURATION",
+        help="time between two worker restarts, and length of a latency window (default 5m)",
+    )
+    group.add_argument(
+        "--soak-latency", type=float, default=20.0, help="API latency (ms) of the soak"
+    )
 
 
 def options_of(args: argparse.Namespace) -> Any:
@@ -89,6 +123,45 @@ def options_of(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soak is not None:
+        return run_soak(args)
+    return run_suite(args)
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """The soak alone; exits 1 when an event was lost or doubled or a comment posted twice."""
+    from bench import soak_report
+    from bench.scenarios import BenchError
+    from bench.soak import SoakOptions, run_soak
+    from cli.output import Console
+
+    # Plain text as it is (never markup), lines never wrapped, also in a file or a pipe.
+    out = Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    json_path = DEFAULT_SOAK_JSON if args.json == DEFAULT_JSON else args.json
+    options = SoakOptions(
+        duration=args.soak,
+        every=args.soak_restart_every,
+        rate=args.soak_rate,
+        latency_ms=args.soak_latency,
+        # A short trial run still samples memory after warm-up, half-way to the first restart.
+        warmup=min(60.0, args.soak_restart_every / 2),
+        logs=args.logs,
+    )
+    try:
+        result = run_soak(options, lambda text: out.print(text))
+    except BenchError as exc:
+        out.print(f"casesync bench --soak: {exc}")
+        return 1
+    for line in soak_report.lines(result):
+        out.print(line)
+    soak_report.write_json(json_path, result)
+    out.print(f"JSON written to {json_path}")
+    return 0 if result.ok else 1
+
+
+def run_suite(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from bench import report

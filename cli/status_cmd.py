@@ -1,7 +1,7 @@
 """``casesync status``: how the pipeline is doing, for people, scripts and Docker health checks.
 
-Exit codes: 0 healthy; 1 unhealthy (breaker open, backlog with no worker alive, a pending entry
-stuck); 2 Redis unreachable or a bad setting.
+Exit codes: 0 healthy; 1 unhealthy (Redis refuses writes, breaker open, backlog with no worker
+alive, a pending entry stuck); 2 Redis unreachable or a bad setting.
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ SAMPLE_SECONDS = 1.0
 
 DESCRIPTION = f"""\
 Stream lengths, the backlog and how fast it drains, the batches queued, what waits on the
-schedule, dead letters by reason, the circuit breaker and the workers alive.
+schedule, dead letters by reason, the circuit breaker, the workers alive, and whether Redis
+takes writes (one short-lived key is set to find out).
 
 The backlog is every event not yet ended: not yet read by the group (lag), read and not yet
 handed on (pending), leased to a task (in flight), and waiting on the schedule. How fast it
 drains is measured over {SAMPLE_SECONDS:g} s (--no-sample skips that): outcomes written less
 events arrived, per second. A deep backlog that drains is healthy.
 
-Exits 0 when healthy; 1 when unhealthy: the circuit breaker is open, work waits and no worker
-is alive, or an entry read by a worker has not been handed on for --max-pending-idle (measured
-from when it was read, not from when it was published); 2 when Redis cannot be reached.
+Exits 0 when healthy; 1 when unhealthy: Redis refuses writes (full, or a read-only replica),
+the circuit breaker is open, work waits and no worker is alive, or an entry read by a worker
+has not been handed on for --max-pending-idle (measured from when it was read, not from when
+it was published); 2 when Redis cannot be reached.
 """
 
 
@@ -125,7 +127,12 @@ def _figures(health: Health, *, sampled: bool) -> list[tuple[str, str]]:
         ("results stream", f"{health.results_length} entries"),
         ("dead letters", f"{health.dead_letter_length} entries"),
         ("circuit breaker", "closed" if health.breaker_open is None else "OPEN"),
+        ("Redis writes", _writes(health.redis_refuses_writes)),
     ]
+
+
+def _writes(refused: str | None) -> str:
+    return "accepted" if refused is None else f"REFUSED: {refused}"
 
 
 def _draining(drain: Drain | None, backlog: int, *, sampled: bool) -> str:

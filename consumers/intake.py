@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import redis
 from core import outcomes, trace
 from core.events import InvalidEvent, Limits, identity, parse_entry
 from core.outcomes import DeadLetterRecord, Outcome, Reply, Streams, log_outcome
+from core.redis_faults import WriteRefusals
 from core.schedule import Job, Schedule
 
 log = logging.getLogger("casesync.intake")
@@ -67,6 +68,7 @@ class Intake:
         *,
         paused: Callable[[], bool] = lambda: False,
         report_lag: Callable[[int], None] = lambda lag: None,
+        refusals: WriteRefusals | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -76,6 +78,7 @@ class Intake:
         self._hand_on = hand_on
         self._paused = paused
         self._report_lag = report_lag
+        self._refusals = refusals or WriteRefusals(clock=time.monotonic)
         self._clock = clock
         # After a start or an error, this consumer's own pending entries are read first.
         self._own_pending_first = True
@@ -83,6 +86,9 @@ class Intake:
         self._next_due: float | None = None
         #: When to look at the schedule again (epoch s).
         self._next_look = 0.0
+        #: Entries this intake may have leased without sending their task (Redis failed under
+        #: it), with a bound on their leases (epoch s): given back at the next round.
+        self._unsent: dict[str, float] = {}
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -112,6 +118,7 @@ class Intake:
         room = self.room()
         if room == 0:
             return 0
+        self._give_back_unsent()
         moved = self.move_due(room) if self._clock() >= self._next_look else 0
         if moved >= room:
             return moved
@@ -190,7 +197,13 @@ class Intake:
             records += _traced_dead_letter(entry_id, outcome, now)
         trace.add(pipe, self._config.trace, records)
         pipe.xack(self._config.stream, self._config.group, *[entry_id for entry_id, _ in entries])
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            # The MULTI may have run with only its reply lost: then its entries are leased and
+            # acknowledged, and no task has them.
+            self._give_back_later(job.entry_id for job in jobs)
+            raise
         outcomes.send_replies(self._redis, self._streams, replies)
         for _, problem in invalid:
             log_outcome(outcomes.of_invalid(problem))
@@ -206,8 +219,30 @@ class Intake:
                 self._hand_on(batch)
             except Exception:
                 unsent = [job.entry_id for rest in batches[sent:] for job in rest]
+                self._give_back_later(unsent)  # should Redis refuse this too
                 self._schedule.retry_at(unsent, self._clock())
+                for entry_id in unsent:
+                    del self._unsent[entry_id]
                 raise
+
+    def _give_back_later(self, entry_ids: Iterable[str]) -> None:
+        """Make these entries due at the next round that reaches Redis, not a whole lease later.
+
+        Their leases were taken before now, so each runs out before the bound recorded here; one
+        that ran out and went to another worker was taken after that, and is left alone.
+        """
+        bound = self._clock() + self._schedule.lease
+        self._unsent.update(dict.fromkeys(entry_ids, bound))
+
+    def _give_back_unsent(self) -> None:
+        if not self._unsent:
+            return
+        now = self._clock()
+        # A lease that ran out meanwhile is handed on by move_due anyway.
+        give_back = [(entry_id, bound) for entry_id, bound in self._unsent.items() if bound > now]
+        self._schedule.renew([], [], now, lock_ttl=0.0, give_back=give_back)
+        self._unsent.clear()
+        self._next_look = now
 
     def reclaim(self) -> int:
         """Claim entries idle on dead consumers; dead-letter those delivered too often."""
@@ -268,17 +303,25 @@ class Intake:
             log_outcome(_poison_outcome(raw, f"entry {entry_id}", limits))
 
     def run(
-        self, stop: threading.Event, idle_wait: float = 0.005, paused_wait: float = 0.5
+        self,
+        stop: threading.Event,
+        idle_wait: float = 0.005,
+        paused_wait: float = 0.5,
+        refused_wait: float = 0.5,
     ) -> None:
         """Read until ``stop`` is set; failures are logged and waited out, never fatal.
 
         ``idle_wait`` is the pause after a turn that took nothing: the queue was full (a read
-        waits by itself otherwise), so it is short, or entries wait that long for room.
+        waits by itself otherwise), so it is short, or entries wait that long for room. While
+        Redis refuses writes, intake takes nothing and probes every ``refused_wait`` instead.
         """
         next_claim = 0.0
         failures = 0
         while not stop.is_set():
             try:
+                if not self._refusals.writable(self._redis, "intake"):
+                    stop.wait(refused_wait)
+                    continue
                 if self._paused():
                     stop.wait(paused_wait)
                     continue
@@ -293,8 +336,12 @@ class Intake:
             except Exception as exc:
                 # Redis or the broker (enqueue) unreachable, or a bug: the entries stay pending and
                 # are read again. The thread must outlive it, or this node stops taking events.
-                failures += 1
                 self._own_pending_first = True
+                if self._refusals.report(exc, "intake"):
+                    # Said once for the process; the probe above tells when it ends.
+                    stop.wait(refused_wait)
+                    continue
+                failures += 1
                 wait = min(10.0, 0.1 * 2**failures)
                 unexpected = not isinstance(exc, redis.RedisError)
                 log.warning("intake: %r; retrying in %.1f s", exc, wait, exc_info=unexpected)

@@ -27,6 +27,7 @@ from core import outcomes, trace
 from core.events import CaseChangeEvent, InvalidEvent, Limits, parse_event
 from core.guards import BreakerOpen, CaseHold, EventKeys, EventState, Guards, lock_key, order_key
 from core.outcomes import DeadLetterRecord, Outcome, Streams
+from core.redis_faults import WriteRefusals
 from core.retry_policy import DeadLetter, Retry, RetryPolicy, busy_delay, decide
 from core.schedule import Job, LeaseKeeper, Schedule
 from thalamus.client import ThalamusClient
@@ -152,6 +153,7 @@ class BatchApplier:
         on_session_refused: Callable[[str], None] = lambda reason: None,
         trace_bounds: trace.Bounds = trace.DEFAULT_BOUNDS,
         flush_interval: float = 0.01,
+        refusals: WriteRefusals | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis_client
@@ -168,6 +170,7 @@ class BatchApplier:
         self._on_session_refused = on_session_refused
         self._trace = trace_bounds
         self._flush_interval = flush_interval
+        self._refusals = refusals or WriteRefusals(clock=time.monotonic)
         self._clock = clock
 
     def apply(self, jobs: Sequence[Job]) -> BatchReport:
@@ -184,12 +187,15 @@ class BatchApplier:
                 self._write([CaseRun(0, False, "", invalid, [None] * len(invalid))], token, report)
             if not cases:
                 return report
+            # Until the answer comes, every lock tried counts as taken: should the answer be
+            # lost, they are given back like the rest, not left to run out.
+            locks = {(lock_key(case_id), token) for case_id, _ in cases}
             holds = self._guards.acquire(
                 [(case_id, [item.keys for item in group]) for case_id, group in cases], token
             )
-            if not isinstance(holds, BreakerOpen):
-                locks = {(lock_key(hold.case_id), token) for hold in holds if hold.held}
-                self._keeper.hold((), locks)
+            held = [] if isinstance(holds, BreakerOpen) else [h for h in holds if h.held]
+            locks.intersection_update((lock_key(hold.case_id), token) for hold in held)
+            self._keeper.hold((), locks)
 
             def write(runs: list[CaseRun]) -> None:
                 written = self._write(runs, token, report)
@@ -307,7 +313,8 @@ class BatchApplier:
         except redis.RedisError as exc:
             # Redis failed under a hook (session, rate cap): a fault of casesync's, not the
             # event's. It waits, spending nothing; the case is read first if a PUT went out.
-            log.warning("event %s/%s waits for Redis: %s", event.source, event.id, exc)
+            if not self._refusals.report(exc, "an update"):  # a refusal is said once
+                log.warning("event %s/%s waits for Redis: %s", event.source, event.id, exc)
             job = replace(job, attempts=job.attempts - 1)
             wait = self._policy.fault_wait
             return Rescheduled(job, wait, state.since_ms, trace.REDIS_FAULT, error=_name(exc))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from core.redis_faults import WriteRefusals
 from settings import keys
 
 log = logging.getLogger("casesync.schedule")
@@ -358,8 +360,10 @@ class LeaseKeeper:
         interval: float,
         lock_ttl: float,
         clock: Callable[[], float],
+        refusals: WriteRefusals | None = None,
     ) -> None:
         self._schedule = schedule
+        self._refusals = refusals or WriteRefusals(clock=time.monotonic)
         self._interval = interval
         self._lock_ttl = lock_ttl
         self._clock = clock
@@ -493,7 +497,9 @@ class LeaseKeeper:
             except redis.RedisError as exc:
                 # Leases not renewed run out and their entries go to another worker: nothing
                 # is lost, at worst an update is tried twice under the case lock's rules.
-                log.warning("could not renew leases: %s", exc)
+                # A refusal to write is said once for the process, not at every round.
+                if not self._refusals.report(exc, "the lease keeper"):
+                    log.warning("could not renew leases: %s", exc)
 
     def _wait(self) -> float:
         with self._lock:

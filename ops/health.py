@@ -1,4 +1,5 @@
-"""How the pipeline is doing, read from Redis: backlog, workers, schedule, dead letters, breaker.
+"""How the pipeline is doing, read from Redis: backlog, workers, schedule, dead letters, breaker,
+and whether Redis takes writes.
 
 Plain code over a Redis client that decodes responses, behind ``casesync status`` (and replay's
 pacing): :func:`read_health` takes one snapshot, :func:`problems` judges it, so a Docker health
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis
 
+from core.redis_faults import probe_writes
 from core.schedule import Schedule, Waiting
 from ops.dead_letters import count_by_reason
 from ops.stream_ids import id_after
@@ -129,6 +131,8 @@ class Health:
     workers: list[Worker] = field(default_factory=list)
     #: How fast the backlog went over a sample; None when not sampled or the server cannot say.
     drain: Drain | None = None
+    #: Why Redis refused a probe write (full, read-only...); None when it took it.
+    redis_refuses_writes: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -174,12 +178,21 @@ def read_health(client: redis.Redis, watched: Watched, thresholds: Thresholds) -
         dead_letters_partly_counted=partly,
         breaker_open=None if breaker is None else str(breaker),
         workers=[] if group is None else _workers(client, watched, thresholds),
+        redis_refuses_writes=_refused_writes(client),
     )
+
+
+def _refused_writes(client: redis.Redis) -> str | None:
+    """Redis may answer every read and refuse every write: only a write tells."""
+    refusal = probe_writes(client)
+    return None if refusal is None else refusal.reason
 
 
 def problems(health: Health, thresholds: Thresholds) -> list[str]:
     """What makes the pipeline unhealthy, one sentence each; empty when it is healthy."""
     found = []
+    if health.redis_refuses_writes is not None:
+        found.append(f"Redis refuses writes: {health.redis_refuses_writes}")
     if health.breaker_open is not None:
         found.append(f"the circuit breaker is open: {health.breaker_open}")
     if health.backlog and not any(worker.alive for worker in health.workers):

@@ -13,7 +13,7 @@ from tasks import batch
 from tasks.broker import use_fixed_transport
 from tasks.intake_step import IntakeStep
 from tasks.observability import use_json_logs
-from tasks.runtime import close_runtime, sentinel_parts
+from tasks.runtime import close_runtime, redis_connection_options, sentinel_parts
 
 #: Celery's loggers of a line per task received and per task ended.
 TASK_LINES = ("celery.worker.strategy", "celery.app.trace")
@@ -53,13 +53,17 @@ def create_app(settings: Settings) -> CasesyncApp:
             # Only a task taken but not started by a worker that died waits this long; its
             # events come back through the schedule at the same time anyway.
             "visibility_timeout": settings.visibility_timeout,
-            "socket_timeout": settings.redis_timeout,
-            "socket_connect_timeout": settings.redis_timeout,
+            # The consumer's BRPOP too: a half-open broker connection is dropped soon.
+            **redis_connection_options(settings),
             # Used by kombu only for sentinel:// broker URLs.
             "master_name": settings.redis_sentinel_master,
             **_sentinel_options(settings),
         },
         broker_connection_retry_on_startup=True,
+        # Cancels only running tasks acknowledged late, and casesync's are acknowledged when they
+        # start; set, so that every lost broker connection no longer logs Celery's deprecation
+        # warning about the default changing in Celery 6.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

@@ -28,6 +28,7 @@ from tasks.runtime import (
     redis_client,
     thalamus_client,
     trace_bounds_of,
+    write_refusals,
 )
 from thalamus.client import build_http_client
 
@@ -92,6 +93,7 @@ class IntakeStep(bootsteps.StartStopStep):  # type: ignore[misc]
             lambda jobs: send_batch(worker.app, settings.task_queue, jobs),
             paused=paused,
             report_lag=metrics.STREAM_LAG.set,
+            refusals=write_refusals(),
         )
         self._thread = threading.Thread(
             target=self._intake.run, args=(self._stop,), name="casesync-intake", daemon=True

@@ -8,8 +8,10 @@ time.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from core.events import Limits
 from core.guards import Guards
 from core.metrics import ApiCallMetrics
 from core.outcomes import Streams
+from core.redis_faults import WriteRefusals
 from core.replicas import ReplicaWait
 from core.retry_policy import RetryPolicy
 from core.schedule import LeaseKeeper, Schedule
@@ -56,6 +59,35 @@ class Runtime:
         self.redis.close()
 
 
+def redis_connection_options(settings: Settings) -> dict[str, Any]:
+    """Time-outs, TCP keepalive and health checks for every Redis connection casesync makes.
+
+    The broker's (kombu) and casesync's own clients take the same, so no connection, busy or
+    idle in a pool, waits on a dead peer for longer than about twice ``CASESYNC_REDIS_TIMEOUT``:
+    a command gives up after the time-out; a connection idle for that long is checked (a PING)
+    before it is used again, and kombu drops a consumer's BRPOP that stays unanswered that long
+    past its own time-out (at kombu's default, 25 s, a consumer waited 50 s on a half-open one);
+    keepalive probes find a peer that vanished (a host gone, a NAT entry dropped) under an idle
+    connection.
+    """
+    return {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(settings.redis_timeout),
+        "health_check_interval": settings.redis_timeout,
+    }
+
+
+def keepalive_options(timeout: float) -> dict[int, int]:
+    """TCP keepalive that gives up on a silent peer about twice ``timeout`` after its last word:
+    the first probe after ``timeout``, then three a third of it apart (options this platform
+    lacks are left at the system's values)."""
+    idle = max(1, math.ceil(timeout))
+    wanted = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, math.ceil(idle / 3)), "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
+
+
 def redis_client(settings: Settings, *, max_connections: int | None = None) -> redis.Redis:
     """A Redis client for casesync's own commands, with every call bounded by a time-out.
 
@@ -67,9 +99,7 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
         "decode_responses": True,
         # Bytes that are not UTF-8 survive the round trip, so a dead letter keeps them unchanged.
         "encoding_errors": "surrogateescape",
-        "socket_timeout": settings.redis_timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-        "health_check_interval": 30,
+        **redis_connection_options(settings),
         "max_connections": max_connections,
     }
     if not settings.redis_url.startswith("sentinel://"):
@@ -187,6 +217,7 @@ def build_runtime(settings: Settings) -> Runtime:
         interval=min(settings.visibility_timeout, settings.case_lock_ttl) / 3,
         lock_ttl=settings.case_lock_ttl,
         clock=time.time,
+        refusals=write_refusals(),
     )
     executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="casesync-update")
     applier = BatchApplier(
@@ -208,6 +239,7 @@ def build_runtime(settings: Settings) -> Runtime:
         breaker_tripped=breaker.tripped,
         on_session_refused=breaker.open,
         trace_bounds=trace_bounds_of(settings),
+        refusals=write_refusals(),
     )
     return Runtime(settings, client, http, thalamus, schedule, keeper, executor, applier)
 
@@ -231,3 +263,17 @@ def close_runtime() -> None:
         if _current is not None and _current[0] == os.getpid():
             _current[1].close()
         _current = None
+
+
+_refusals: tuple[int, WriteRefusals] | None = None
+_refusals_lock = threading.Lock()
+
+
+def write_refusals() -> WriteRefusals:
+    """This process's record of Redis refusing writes, shared by intake, tasks and the broker
+    (a prefork child starts its own: what it inherited describes its parent)."""
+    global _refusals
+    with _refusals_lock:
+        if _refusals is None or _refusals[0] != os.getpid():
+            _refusals = (os.getpid(), WriteRefusals(clock=time.monotonic))
+        return _refusals[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from core.schedule import Job, Schedule
 from ops.health import Drain, Watched, sample_drain
 from settings import keys
 from tests.conftest import EVENTS, RESULTS, DeadLetterFactory, case_event
+from tests.refusing_redis import RefusingRedis, refusing_redis
 
 GROUP = "casesync"
 QUEUE = "casesync"
@@ -119,6 +121,7 @@ def test_status_table_shows_the_figures_for_people(
     assert lines["draining"].split()[-2:] == ["not", "sampled"]
     assert "invalidCaseField" in out
     assert "w1" in out
+    assert lines["Redis writes"].split()[-1] == "accepted"
     assert out.rstrip().endswith("healthy")
 
 
@@ -358,6 +361,7 @@ def test_an_empty_pipeline_is_healthy(db: redis.Redis, capsys: pytest.CaptureFix
 
     assert code == 0
     assert shown["eventsLength"] == 0
+    assert shown["redisRefusesWrites"] is None
     assert shown["problems"] == []
 
 
@@ -378,3 +382,44 @@ def test_status_with_redis_unreachable_exits_2_with_one_line(
     [line] = captured.err.splitlines()
     assert line.startswith("casesync status: Redis:")
     assert "s3cret" not in line
+
+
+@pytest.fixture
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[RefusingRedis]:
+    """A Redis of its own that the test makes refuse writes, which ``casesync`` commands use."""
+    with refusing_redis() as running:
+        monkeypatch.setenv("CASESYNC_REDIS_URL", running.url)
+        monkeypatch.setenv("COLUMNS", "250")
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("fault", "clear", "code"),
+    [
+        (RefusingRedis.fill_memory, RefusingRedis.free_memory, "OOM"),
+        (RefusingRedis.promote_standby, RefusingRedis.promote_primary, "READONLY"),
+    ],
+    ids=["full", "read-only"],
+)
+def test_a_redis_that_refuses_writes_makes_status_fail_saying_why(
+    refusing: RefusingRedis,
+    capsys: pytest.CaptureFixture[str],
+    fault: Callable[[RefusingRedis], None],
+    clear: Callable[[RefusingRedis], None],
+    code: str,
+) -> None:
+    _seed_backlog(refusing.primary, events=3, read=1)
+    fault(refusing)
+    try:
+        exit_code, shown = _status(capsys)
+        table_code, table = _table(capsys)
+    finally:
+        clear(refusing)
+
+    assert (exit_code, table_code) == (1, 1)
+    assert shown["redisRefusesWrites"].startswith(f"{code}: ")
+    assert shown["problems"] == [f"Redis refuses writes: {shown['redisRefusesWrites']}"]
+    assert shown["eventsLength"] == 3, "the rest of the report is read as usual"
+    assert _rows(table)["Redis writes"].split()[2:4] == ["REFUSED:", f"{code}:"]
+    assert f"UNHEALTHY: Redis refuses writes: {code}: " in table
+    assert _status(capsys)[0] == 0, "healthy again once Redis takes writes"

@@ -284,6 +284,23 @@ def multi_fails(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return lost
 
 
+@pytest.fixture
+def multi_reply_lost(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The next MULTI runs, and its reply is lost with the connection; its commands are recorded."""
+    ran: list[list[str]] = []
+    execute = Pipeline.execute
+
+    def lose_reply_once(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        if vars(self)["transaction"] and not ran:
+            ran.append([str(args[0]).upper() for args, _ in self.command_stack])
+            execute(self, raise_on_error)
+            raise redis.ConnectionError("connection lost before the reply")
+        return execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", lose_reply_once)
+    return ran
+
+
 def test_entries_are_acknowledged_only_in_the_multi_that_leases_or_dead_letters_them(
     any_redis: redis.Redis, intake: Intake, sent: Sent, multi_fails: list[list[str]]
 ) -> None:
@@ -355,6 +372,50 @@ def test_a_failed_send_makes_the_jobs_due_again_at_once(
     assert intake.poll() == 2
     assert sent.ids == [["e1", "e2"]]
     assert [job.lost for job in sent.jobs] == [0, 0], "a failed send is no lost lease"
+    assert due(any_redis) == {}
+
+
+def test_entries_leased_by_a_multi_whose_reply_was_lost_are_handed_on_at_the_next_round(
+    any_redis: redis.Redis,
+    intake: Intake,
+    sent: Sent,
+    clock: Clock,
+    multi_reply_lost: list[list[str]],
+) -> None:
+    ids = publish(any_redis, event("e1"), event("e2"))
+    with pytest.raises(redis.ConnectionError):
+        intake.poll()
+    assert multi_reply_lost, "the MULTI ran"
+    assert sent.batches == []
+    assert leased(any_redis) == dict.fromkeys(ids, clock.now + LEASE)
+    assert pending(any_redis) == 0, "acknowledged: only the schedule knows them now"
+
+    clock.advance(1.0)  # not a whole lease
+    assert intake.poll() == 2
+    assert sent.ids == [["e1", "e2"]]
+    assert [job.lost for job in sent.jobs] == [0, 0]
+
+
+def test_a_lost_multi_reply_gives_back_no_lease_another_worker_took_since(
+    any_redis: redis.Redis,
+    make_intake: MakeIntake,
+    schedule: Schedule,
+    sent: Sent,
+    clock: Clock,
+    multi_reply_lost: list[list[str]],
+) -> None:
+    intake = make_intake()
+    publish(any_redis, event("e1"))
+    with pytest.raises(redis.ConnectionError):
+        intake.poll()
+    # This intake is cut off for longer than a lease: the lease runs out, another worker hands
+    # the entry on, and its task holds it under a fresh lease.
+    clock.advance(LEASE + 1.0)
+    assert make_intake("other").move_due(10) == 1
+    leases_before = leased(any_redis)
+
+    intake.poll()
+    assert leased(any_redis) == leases_before, "the other worker's lease is left alone"
     assert due(any_redis) == {}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -25,6 +26,7 @@ from tasks.runtime import (
     build_runtime,
     close_runtime,
     current_runtime,
+    keepalive_options,
     limits_of,
     redis_client,
     sentinel_parts,
@@ -148,6 +150,9 @@ def test_the_app_takes_its_broker_settings_from_casesync_settings(
     options = created_app["transport_options"]
     assert options["visibility_timeout"] == 123 == created_app["visibility_setting"]
     assert options["socket_timeout"] == 7
+    # A consumer's BRPOP on a half-open connection is dropped soon, not after kombu's 50 s.
+    assert options["health_check_interval"] == 7
+    assert options["socket_keepalive"] is True
     assert created_app["default_queue"] == "casesync-batches"
     assert created_app["task_events"] is False
 
@@ -315,6 +320,22 @@ def test_a_tls_url_gives_a_tls_connection() -> None:
     assert kwargs["password"] == "pw"
     assert kwargs["db"] == 1
     assert kwargs["socket_timeout"] == 10.0
+
+
+def test_a_redis_connection_keeps_tcp_alive_and_checks_its_health(redis_url: str) -> None:
+    client = redis_client(Settings(redis_url=redis_url, redis_timeout=4))
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_command("PING")
+        assert connection.read_response() == "PONG"
+        sock: Any = connection._sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        for option, value in keepalive_options(4).items():
+            assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+        assert connection.health_check_interval == 4
+    finally:
+        client.connection_pool.release(connection)
+        client.close()
 
 
 def test_a_sentinel_url_follows_the_named_master() -> None:
