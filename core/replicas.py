@@ -46,6 +46,8 @@ class ReplicaWait:
         self._lock = threading.Lock()
         self._rest = FIRST_REST
         self._resting_until = 0.0
+        #: Whether this run of unconfirmed WAITs was reported as a warning already.
+        self._warned = False
 
     def due(self) -> bool:
         """Whether a batch should WAIT now: on, and not resting."""
@@ -61,6 +63,7 @@ class ReplicaWait:
         with self._lock:
             if confirmed:
                 self._rest = FIRST_REST
+                self._warned = False
                 return True
             now = self._clock()
             if now < self._resting_until:
@@ -68,9 +71,14 @@ class ReplicaWait:
                 return False
             rest, self._rest = self._rest, min(self._rest * 2, LONGEST_REST)
             self._resting_until = now + rest
-        log.warning(
+            # A warning when confirmations stop; the checks after it only say they still fail,
+            # so a Redis that has no replica at all does not warn every ten minutes.
+            level, self._warned = (logging.INFO if self._warned else logging.WARNING), True
+        log.log(
+            level,
             "%s of %d replicas confirmed the attempt marks within %d ms: a fail-over now may "
-            "lose them and send an update twice; checking again in %.0f s",
+            "lose them and send an update twice (with no replica at all, set "
+            "CASESYNC_REDIS_WAIT_REPLICAS=0); checking again in %.0f s",
             reply if isinstance(reply, int) else f"none ({reply})",
             self._replicas,
             self._timeout_ms,

@@ -122,3 +122,22 @@ def test_the_rest_doubles_up_to_ten_minutes_and_ends_with_a_confirmation() -> No
 
 def test_no_replicas_asked_means_no_wait() -> None:
     assert not ReplicaWait(0, timeout=0.1).due()
+
+
+def test_a_run_of_unconfirmed_checks_warns_once_and_again_after_a_confirmation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    replicas = ReplicaWait(1, timeout=0.1, clock=clock)
+
+    def check(confirmed: int) -> None:
+        replicas.judge(confirmed)
+        clock.now += LONGEST_REST
+
+    with caplog.at_level(logging.INFO, logger="casesync.replicas"):
+        for confirmed in (0, 0, 0, 1, 0):
+            check(confirmed)
+
+    levels = [record.levelname for record in caplog.records]
+    assert levels == ["WARNING", "INFO", "INFO", "WARNING"]
+    assert "CASESYNC_REDIS_WAIT_REPLICAS=0" in caplog.records[0].getMessage()
