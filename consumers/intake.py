@@ -240,7 +240,7 @@ class Intake:
         now = self._clock()
         # A lease that ran out meanwhile is handed on by move_due anyway.
         give_back = [(entry_id, bound) for entry_id, bound in self._unsent.items() if bound > now]
-        self._schedule.renew([], [], now, lock_ttl=0.0, give_back=give_back)
+        self._schedule.give_back(give_back, now)
         self._unsent.clear()
         self._next_look = now
 

@@ -320,11 +320,22 @@ class Schedule:
                 keys=[key for key, _ in free], args=[token for _, token in free], client=pipe
             )
         if give_back:
-            bounds = [arg for entry_id, bound in give_back for arg in (entry_id, _ms(bound))]
-            self._give_back(
-                keys=[keys.LEASES, keys.DUE, keys.JOBS], args=[_ms(now), *bounds], client=pipe
-            )
+            self._add_give_back(pipe, give_back, now)
         pipe.execute()
+
+    def give_back(self, entries: Sequence[tuple[str, float]], now: float) -> None:
+        """Make each entry (entry id, bound on its lease) due at ``now`` while its lease is still
+        the giver's: at most the bound."""
+        if entries:
+            self._add_give_back(self._redis, entries, now)
+
+    def _add_give_back(
+        self, client: redis.Redis | Pipeline, entries: Sequence[tuple[str, float]], now: float
+    ) -> None:
+        bounds = [arg for entry_id, bound in entries for arg in (entry_id, _ms(bound))]
+        self._give_back(
+            keys=[keys.LEASES, keys.DUE, keys.JOBS], args=[_ms(now), *bounds], client=client
+        )
 
     def waiting(self, most: int) -> tuple[int, int, list[Waiting]]:
         """Entries leased, entries due later, and the ``most`` next due with their times."""
