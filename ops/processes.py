@@ -15,8 +15,11 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import redis
 
 #: Seconds a process gets to stop by itself before it is killed.
 STOP_TIMEOUT = 15.0
@@ -212,13 +215,16 @@ def embedded_replica(primary_url: str, folder: Path) -> Iterator[str]:
         # The first sync at once, not after the 5 s Redis waits for more replicas to come.
         primary.config_set("repl-diskless-sync-delay", 0)
     with valkey_process(folder, port, replica_config(primary_port)):
-        replica = redis.Redis(port=port, socket_timeout=1.0, decode_responses=True)
-        deadline = time.monotonic() + 30.0
-        try:
-            while replica.info("replication").get("master_link_status") != "up":
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the replica on port {port} did not sync within 30 s")
-                time.sleep(0.1)
-        finally:
-            replica.close()
+        with redis.Redis(port=port, socket_timeout=1.0) as replica:
+            wait_until_replicating(replica, timeout=30.0)
         yield f"redis://127.0.0.1:{port}/0"
+
+
+def wait_until_replicating(replica: redis.Redis, *, timeout: float) -> None:
+    """Return once ``replica`` has synced with its primary (its link is up); raise after
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while replica.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the replica did not sync within {timeout} s")
+        time.sleep(0.05)

@@ -61,7 +61,7 @@ class RefusingRedis:
     def follow_primary(self) -> None:
         """The standby replicates the primary again, ready for another fail-over."""
         self.standby.replicaof("127.0.0.1", port_of(self.primary))
-        wait_until(lambda: _linked(self.standby), 20)
+        processes.wait_until_replicating(self.standby, timeout=20)
 
 
 @contextmanager
@@ -97,10 +97,6 @@ def wait_until(check: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.02)
-
-
-def _linked(standby: redis.Redis) -> bool:
-    return standby.info("replication").get("master_link_status") == "up"
 
 
 def _replicated(standby: redis.Redis) -> int:

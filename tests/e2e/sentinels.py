@@ -109,19 +109,6 @@ def _knows_everyone(port: int) -> bool:
     return bool(state["num-other-sentinels"] == SENTINELS - 1 and state["num-slaves"] == 1)
 
 
-def _wait_until_replicating(port: int, timeout: float) -> None:
-    client = _client(port)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if client.info("replication").get("master_link_status") == "up":
-                return
-            time.sleep(0.1)
-    finally:
-        client.close()
-    raise AssertionError(f"the replica did not sync within {timeout} s")
-
-
 @contextlib.contextmanager
 def running_sentinels(tmp_path: Path, lag: float = REPLICATION_LAG) -> Iterator[SentinelSetup]:
     """1 primary, 1 replica (``lag`` seconds behind), 3 Sentinels at quorum 2, stopped after."""
@@ -142,7 +129,8 @@ def running_sentinels(tmp_path: Path, lag: float = REPLICATION_LAG) -> Iterator[
                 password=PASSWORD,
             )
         )
-        _wait_until_replicating(replica_port, timeout=20.0)
+        with _client(replica_port) as replica:
+            processes.wait_until_replicating(replica, timeout=20.0)
         for n, port in enumerate(sentinel_ports):
             config = processes.sentinel_config(primary_port, quorum=QUORUM, password=PASSWORD)
             folder = tmp_path / f"sentinel-{n}"
