@@ -70,6 +70,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: it must be 0 or more")
+    return value
+
+
 def _add_soak_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--soak",
@@ -79,7 +89,10 @@ def _add_soak_arguments(group: argparse._ArgumentGroup) -> None:
         "1%% 503, 0.5%% dropped answers, a worker restart every 5 minutes",
     )
     group.add_argument(
-        "--soak-rate", type=float, default=0.0, help="events/s instead of half the capacity"
+        "--soak-rate",
+        type=_not_negative,
+        default=0.0,
+        help="events/s instead of half the capacity (0: half the capacity)",
     )
     group.add_argument(
         "--soak-restart-every",
@@ -89,7 +102,7 @@ def _add_soak_arguments(group: argparse._ArgumentGroup) -> None:
         help="time between two worker restarts, and length of a latency window (default 5m)",
     )
     group.add_argument(
-        "--soak-latency", type=float, default=20.0, help="API latency (ms) of the soak"
+        "--soak-latency", type=_not_negative, default=20.0, help="API latency (ms) of the soak"
     )
 
 

@@ -36,6 +36,17 @@ def test_a_malformed_duration_is_refused(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("option", ["--soak-rate", "--soak-latency"])
+@pytest.mark.parametrize("value", ["-5", "nan", "fast"])
+def test_a_negative_or_unreadable_rate_or_latency_is_refused_with_its_name(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "--soak", "1m", option, value])
+    assert stopped.value.code == 2
+    assert f"argument {option}: " in capsys.readouterr().err
+
+
 def test_half_an_hour_restarts_a_worker_every_five_minutes_each_both_ways() -> None:
     plan = restart_plan(1800, 300, workers=2)
     assert [(r.at, r.worker, r.signal_name) for r in plan] == [
